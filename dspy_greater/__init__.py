@@ -1,0 +1,48 @@
+"""dspy-greater: GReaTer prompt optimization (gradients over reasoning) for DSPy.
+
+Importing the package is cheap: torch, transformers and vllm load only when an engine is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it; loaded on first access (PEP 562).
+_LAZY = {
+    "default_model": "models",
+    "cache_dir": "models",
+    "load_bbh": "data",
+    "split": "data",
+    "bbh_metric": "data",
+    "bbh_answer_matches": "data",
+    "majority_class_rate": "data",
+    "standard_error": "data",
+    "shipped_bbh_tasks": "data",
+    "GreaterError": "errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from .data import (
+        bbh_answer_matches,
+        bbh_metric,
+        load_bbh,
+        majority_class_rate,
+        shipped_bbh_tasks,
+        split,
+        standard_error,
+    )
+    from .errors import GreaterError
+    from .models import cache_dir, default_model
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dspy_greater' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value

