@@ -98,7 +98,7 @@ def default_model() -> Path:
             os.replace(tmp, target)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            if _is_disk_full(exc):
                 raise NotEnoughDisk(
                     f"The disk holding {models} filled up while converting the embedded model "
                     f"(it needs about {MIN_FREE_BYTES // 2**20} MiB). Nothing was left behind. "
@@ -134,6 +134,13 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
     if not tokenizer.chat_template:
         raise RuntimeError(f"The tokenizer converted from {gguf} has no chat template.")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    # safetensors reports a full disk as its own SafetensorError, not as an OSError.
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(exc) or "os error 28" in str(exc)
 
 
 def _write_manifest(folder: Path) -> None:

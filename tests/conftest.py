@@ -1,0 +1,64 @@
+"""Shared fixtures: the real embedded model, and a tiny random Llama for fast mechanics tests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a Hugging Face folder (converted once, cached)."""
+    import dspy_greater
+
+    return dspy_greater.default_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template.
+
+    Same vocabulary as SmolLM2, so it passes a token-ids-only "same model" check: use it where
+    the weights do not matter, or to test that such a check also compares log-probabilities.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_bbh() -> Path:
+    """The benchmark copy of BIG-Bench Hard (tests and benchmarks only; users have no shared/)."""
+    folder = SHARED_DATA / "bbh"
+    if not folder.is_dir():
+        pytest.skip(f"benchmark data not found at {folder}")
+    return folder
+
+
+def copy_model(source: Path, destination: Path) -> Path:
+    """Copy a converted model folder (cheaper than converting again)."""
+    shutil.copytree(source, destination)
+    return destination

