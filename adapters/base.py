@@ -1,10 +1,13 @@
-"""The protocols the engines implement. Nothing here imports torch, vllm or dspy."""
+"""The protocols the engines implement, and the one unit of work they share.
+
+Nothing here imports torch, vllm or dspy: the search and every renderer build on this module.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -14,8 +17,8 @@ Conversation = list[Message]
 class Completion:
     """One generated continuation.
 
-    ``token_ids`` are the ids the model generated (before any stop string was cut from
-    ``text``), so a caller can reuse them without re-tokenizing the text.
+    ``token_ids`` are the ids the model generated (end-of-sequence excluded), so a caller can
+    reuse them without re-tokenizing ``text``; a stop string is cut from ``text`` only.
     """
 
     text: str
@@ -23,9 +26,54 @@ class Completion:
     finish_reason: str  # "stop" (end of sequence or a stop string) or "length"
 
 
+@dataclass(frozen=True)
+class RenderedExample:
+    """One example as the model sees it: ``[context with the prompt slot, reasoning, extractor,
+    answer]`` as token ids, with the span of each part.
+
+    ``slot`` is the prompt being optimized; ``context`` ends where generation of the reasoning
+    starts. A renderer (plain chat template, or DSPy's adapter) produces these; the search and
+    the gradient model see nothing else.
+    """
+
+    ids: tuple[int, ...]
+    slot: slice
+    reasoning: slice
+    extractor: slice
+    answer: slice
+
+    @property
+    def context(self) -> tuple[int, ...]:
+        """The ids a reasoner continues to produce the reasoning."""
+        return self.ids[: self.reasoning.start]
+
+    @property
+    def prompt_ids(self) -> tuple[int, ...]:
+        return self.ids[self.slot]
+
+    @property
+    def answer_ids(self) -> tuple[int, ...]:
+        return self.ids[self.answer]
+
+
+@dataclass(frozen=True)
+class ExampleScore:
+    """Teacher-forced evaluation of one rendered example."""
+
+    correct: bool  # greedy (argmax) prediction equals the gold answer at every answer token
+    answer_loss: float  # mean cross-entropy of the answer tokens (temperature 1)
+    prompt_nll: float  # mean negative log-likelihood of the prompt tokens
+
+
 @runtime_checkable
 class Reasoner(Protocol):
-    """Batched greedy generation from chat conversations."""
+    """Batched greedy generation."""
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[Completion]:
+        """Continue each token-id prompt greedily (the ids are used as given)."""
+        ...
 
     def chat(
         self,
@@ -40,4 +88,73 @@ class Reasoner(Protocol):
         With ``continue_final_message`` the last message (an assistant message) is continued
         as written instead of starting a new assistant turn.
         """
+        ...
+
+
+@runtime_checkable
+class GradientModel(Protocol):
+    """A local differentiable model: proposals, one-hot gradients and exact scores at a slot."""
+
+    @property
+    def vocab(self) -> Sequence[str]:
+        """The decoded text of every token id (for the readability filter)."""
+        ...
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        ...
+
+    def ranked_next_tokens(
+        self,
+        examples: Sequence[RenderedExample],
+        position: int,
+        *,
+        allowed: frozenset[int] | None,
+        limit: int,
+    ) -> list[list[int]]:
+        """Per example, the ``limit`` most likely tokens at prompt ``position`` (given the context
+        and ``prompt[:position]``) among ``allowed`` (all if None), most likely first. ``position``
+        may equal the prompt length: the token that would follow the prompt."""
+        ...
+
+    def candidate_gradients(
+        self,
+        examples: Sequence[RenderedExample],
+        position: int,
+        candidates: Sequence[int],
+        *,
+        answer_temperature: float,
+        fluency_weight: float,
+    ) -> list[float]:
+        """d loss / d one-hot weight of each candidate at prompt ``position``, summed over examples.
+
+        loss = CE(answer logits / answer_temperature) + fluency_weight * mean prompt NLL, with the
+        embedding at the slot position replaced by ``onehot @ E[candidates]`` (one-hot on the
+        current token, which must be among the candidates).
+        """
+        ...
+
+    def score(self, examples: Sequence[RenderedExample]) -> list[ExampleScore]:
+        """Exact teacher-forced scores of each example."""
+        ...
+
+
+@runtime_checkable
+class Renderer(Protocol):
+    """Turns (prompt ids, example, reasoning ids) into a :class:`RenderedExample`.
+
+    The plain chat-template renderer and DSPy's adapter are two implementations.
+    """
+
+    def render(
+        self, prompt_ids: Sequence[int], example: Any, reasoning_ids: Sequence[int] = ()
+    ) -> RenderedExample:
+        """Raise ``ValueError`` when ``prompt_ids`` do not survive a text round trip in context."""
+        ...
+
+    def encode_prompt(self, prompt: str, example: Any) -> tuple[int, ...]:
+        """The token ids ``prompt`` has in ``example``'s rendered context."""
+        ...
+
+    def decode_prompt(self, prompt_ids: Sequence[int]) -> str:
         ...

@@ -1,8 +1,9 @@
-"""Hugging Face ``transformers`` engines: the fallback reasoner (``generate``)."""
+"""Hugging Face ``transformers`` engines: a ``generate`` reasoner and the gradient model."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from dspy_greater.errors import DeviceUnavailable
 
-from .base import Completion, Conversation
+from .base import Completion, Conversation, ExampleScore, RenderedExample
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,21 @@ def load_causal_lm(model: str | os.PathLike[str], *, dtype: str, device: str) ->
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not tokenizer.chat_template:
         raise ValueError(f"The tokenizer of {path} has no chat template; use an instruct model.")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"The tokenizer of {path} is not a fast tokenizer (offsets are needed).")
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        raise ValueError(
+            f"The model in {path} has {lm.get_input_embeddings().weight.shape[0]} embeddings but "
+            f"its tokenizer has {len(tokenizer)} tokens: model and tokenizer disagree."
+        )
     return lm, tokenizer
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    return {i for i in ids if i is not None}
 
 
 class HFReasoner:
@@ -69,6 +83,7 @@ class HFReasoner:
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype, device=device)
         self.device = device
         self.batch_size = batch_size
+        self._eos = _eos_ids(self.model, self.tokenizer)
 
     def chat(
         self,
@@ -79,8 +94,6 @@ class HFReasoner:
         continue_final_message: bool = False,
     ) -> list[Completion]:
         """Complete each conversation greedily; see :class:`adapters.base.Reasoner`."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         prompts = [
             self.tokenizer.apply_chat_template(
                 list(conv),
@@ -90,35 +103,45 @@ class HFReasoner:
             )
             for conv in conversations
         ]
+        # The chat template already wrote the special tokens; don't add a second BOS.
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return self.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[Completion]:
+        """Continue each token-id prompt greedily, in batches of ``batch_size``."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         completions: list[Completion] = []
         for start in range(0, len(prompts), self.batch_size):
-            batch = prompts[start : start + self.batch_size]
+            batch = [list(p) for p in prompts[start : start + self.batch_size]]
             completions.extend(self._generate(batch, max_new_tokens, list(stop)))
         return completions
 
-    def _generate(self, prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[Completion]:
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop: list[str]) -> list[Completion]:
         import torch
 
         tok = self.tokenizer
-        # The chat template already wrote the special tokens; don't add a second BOS.
-        inputs = tok(prompts, return_tensors="pt", padding=True, padding_side="left",
-                     add_special_tokens=False).to(self.device)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                            device=self.device)
         with torch.inference_mode():
             output = self.model.generate(
-                **inputs,
+                input_ids=input_ids,
+                attention_mask=mask,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                pad_token_id=pad,
                 stop_strings=stop or None,
                 tokenizer=tok if stop else None,
             )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        return [self._completion(ids, max_new_tokens, stop) for ids in new_tokens]
+        return [self._completion(ids, max_new_tokens, stop) for ids in output[:, width:].tolist()]
 
     def _completion(self, ids: list[int], max_new_tokens: int, stop: list[str]) -> Completion:
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
-        cut = next((i for i, t in enumerate(ids) if t in eos_ids), None)
+        cut = next((i for i, t in enumerate(ids) if t in self._eos), None)
         ids = ids[:cut] if cut is not None else ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         hit = [text.index(s) for s in stop if s in text]
@@ -126,3 +149,183 @@ class HFReasoner:
             text = text[: min(hit)]
         finished = cut is not None or bool(hit) or len(ids) < max_new_tokens
         return Completion(text=text, token_ids=tuple(ids), finish_reason="stop" if finished else "length")
+
+
+class HFGradientModel:
+    """One-hot gradients, proposals and exact scores at a prompt slot, on ``transformers``.
+
+    Work is per example, and cheap where it can be: the context before the optimized position is
+    run once without gradient and reused as the KV cache, and the vocabulary projection is applied
+    only at the positions the loss reads (the prompt's and the answer's), never everywhere.
+    """
+
+    def __init__(
+        self, model: str | os.PathLike[str], *, dtype: str = "float32", device: str = "cpu"
+    ) -> None:
+        import torch
+
+        self.model, self.tokenizer = load_causal_lm(model, dtype=dtype, device=device)
+        self.model.requires_grad_(False)
+        self.device = device
+        self._torch = torch
+        self._embeddings = self.model.get_input_embeddings().weight
+        self._backbone = self.model.get_decoder()
+        self._lm_head = self.model.get_output_embeddings()
+        self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        vocab_size = self._embeddings.shape[0]
+        self._vocab = [self.tokenizer.decode([i]) for i in range(vocab_size)]
+        self._special = frozenset(self.tokenizer.all_special_ids)
+
+    @property
+    def vocab(self) -> Sequence[str]:
+        return self._vocab
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return self._special
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _logits(self, hidden: Any) -> Any:
+        """Vocabulary logits (fp32) for a [n, d] block of final hidden states."""
+        logits = self._lm_head(hidden.reshape(-1, hidden.shape[-1]).contiguous())
+        if logits.dtype != self._torch.float64:  # half precision is too coarse for the loss
+            logits = logits.float()
+        if self._softcap:
+            logits = self._torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def _run(self, ids: Sequence[int], *, embeds: Any = None, past: Any = None) -> tuple[Any, Any]:
+        torch = self._torch
+        if embeds is None:
+            out = self._backbone(input_ids=torch.tensor([list(ids)], device=self.device),
+                                 past_key_values=past, use_cache=True)
+        else:
+            out = self._backbone(inputs_embeds=embeds[None], past_key_values=past, use_cache=True)
+        return out.last_hidden_state[0], out.past_key_values
+
+    def _prefix(self, example: RenderedExample, position: int) -> tuple[Any, Any, int]:
+        """Run the ids before prompt ``position`` without gradient: (hidden, cache, abs position)."""
+        at = example.slot.start + position
+        # position == slot length asks about the token that would follow the prompt.
+        if not 0 <= position <= example.slot.stop - example.slot.start:
+            raise IndexError(f"prompt position {position} is outside the slot {example.slot}.")
+        if at < 1:
+            raise ValueError("The prompt slot must not start the sequence (nothing to condition on).")
+        with self._torch.no_grad():
+            hidden, cache = self._run(example.ids[:at])
+        return hidden, cache, at
+
+    # -- the protocol ---------------------------------------------------------------------
+    def ranked_next_tokens(
+        self,
+        examples: Sequence[RenderedExample],
+        position: int,
+        *,
+        allowed: frozenset[int] | None,
+        limit: int,
+    ) -> list[list[int]]:
+        torch = self._torch
+        mask = None
+        if allowed is not None:
+            mask = torch.full((len(self._vocab),), float("-inf"), device=self.device)
+            mask[torch.tensor(sorted(allowed), dtype=torch.long, device=self.device)] = 0.0
+        ranked = []
+        for example in examples:
+            hidden, _, _ = self._prefix(example, position)
+            with torch.no_grad():
+                logits = self._logits(hidden[-1:])[0, : len(self._vocab)]
+            if mask is not None:
+                logits = logits + mask
+            k = min(limit, len(allowed) if allowed is not None else len(self._vocab))
+            ranked.append(torch.topk(logits, k).indices.tolist())
+        return ranked
+
+    def relaxed_loss(
+        self,
+        example: RenderedExample,
+        position: int,
+        candidates: Sequence[int],
+        weights: Any,
+        *,
+        answer_temperature: float,
+        fluency_weight: float,
+    ) -> Any:
+        """The loss of one example with the slot ``position`` embedded as ``weights @ E[cands]``."""
+        torch = self._torch
+        hidden_prefix, cache, at = self._prefix(example, position)
+        cand = torch.tensor(list(candidates), dtype=torch.long, device=self.device)
+        rest = torch.tensor(example.ids[at:], dtype=torch.long, device=self.device)
+        embeds = self._embeddings[rest].clone()
+        embeds[0] = weights.to(self._embeddings.dtype) @ self._embeddings[cand]
+        hidden_rest, _ = self._run((), embeds=embeds, past=cache)
+
+        def hidden_before(absolute: range) -> Any:
+            # State predicting token t is the one at t - 1: from the prefix or the relaxed run.
+            rows = [hidden_prefix[t - 1] if t - 1 < at else hidden_rest[t - 1 - at] for t in absolute]
+            return torch.stack(rows)
+
+        answer = range(example.answer.start, example.answer.stop)
+        answer_logits = self._logits(hidden_before(answer))
+        gold = torch.tensor(example.answer_ids, device=self.device)
+        answer_ce = torch.nn.functional.cross_entropy(answer_logits / answer_temperature, gold)
+
+        slot = range(example.slot.start, example.slot.stop)
+        prompt_logprobs = torch.log_softmax(self._logits(hidden_before(slot)), dim=-1)
+        nll = []
+        for row, t in enumerate(slot):
+            if t == at:  # the relaxed token itself: expected NLL under the one-hot weights
+                nll.append(-(prompt_logprobs[row, cand] * weights.to(prompt_logprobs.dtype)).sum())
+            else:
+                nll.append(-prompt_logprobs[row, example.ids[t]])
+        return answer_ce + fluency_weight * torch.stack(nll).mean()
+
+    def candidate_gradients(
+        self,
+        examples: Sequence[RenderedExample],
+        position: int,
+        candidates: Sequence[int],
+        *,
+        answer_temperature: float,
+        fluency_weight: float,
+    ) -> list[float]:
+        torch = self._torch
+        total = torch.zeros(len(candidates), dtype=torch.float64)
+        for index, example in enumerate(examples):
+            current = example.prompt_ids[position]
+            if current not in candidates:
+                raise ValueError(f"The current token {current} must be among the candidates.")
+            weights = torch.zeros(len(candidates), dtype=self._embeddings.dtype, device=self.device)
+            weights[list(candidates).index(current)] = 1.0
+            weights.requires_grad_(True)
+            loss = self.relaxed_loss(example, position, candidates, weights,
+                                     answer_temperature=answer_temperature,
+                                     fluency_weight=fluency_weight)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"The loss of example {index} is {loss.item()} (not finite). Try dtype="
+                    "'float32', or check that example's answer and reasoning."
+                )
+            (grad,) = torch.autograd.grad(loss, weights)
+            total += grad.double().cpu()
+        return total.tolist()
+
+    def score(self, examples: Sequence[RenderedExample]) -> list[ExampleScore]:
+        torch = self._torch
+        scores = []
+        for example in examples:
+            with torch.no_grad():
+                hidden, _ = self._run(example.ids)
+                answer = range(example.answer.start, example.answer.stop)
+                slot = range(example.slot.start, example.slot.stop)
+                rows = torch.tensor([t - 1 for t in (*slot, *answer)], device=self.device)
+                logprobs = torch.log_softmax(self._logits(hidden[rows]), dim=-1)
+                targets = torch.tensor([example.ids[t] for t in (*slot, *answer)], device=self.device)
+                nll = -logprobs.gather(1, targets[:, None])[:, 0]
+                n_slot = len(slot)
+                answer_nll = nll[n_slot:]
+                correct = bool((logprobs[n_slot:].argmax(-1) == targets[n_slot:]).all())
+            scores.append(ExampleScore(correct=correct, answer_loss=float(answer_nll.mean()),
+                                       prompt_nll=float(nll[:n_slot].mean())))
+            if not math.isfinite(scores[-1].answer_loss):
+                raise FloatingPointError(f"The answer loss of example {len(scores) - 1} is not finite.")
+        return scores

@@ -19,3 +19,7 @@ class NotEnoughDisk(GreaterError, OSError):
 
 class DeviceUnavailable(GreaterError, RuntimeError):
     """A device (e.g. a GPU) was requested that this machine does not have."""
+
+
+class SlotError(GreaterError, ValueError):
+    """The prompt slot cannot be found, or its tokens are not stable in the rendered text."""

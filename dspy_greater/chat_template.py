@@ -1,0 +1,126 @@
+"""The plain chat-template renderer: the GReaTer paper's setting, without DSPy.
+
+The user turn holds the question and the prompt (after the question, as in the paper, or before
+it); the model reasons in the assistant turn; the extractor (``Therefore, the final answer is``)
+is appended to the reasoning and the gold answer follows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .adapters.base import Conversation, RenderedExample
+from .errors import SlotError
+
+# A private-use character: the place of the prompt in the rendered chat, found once per render.
+SENTINEL = "\ue000"
+PAPER_PROMPT = (
+    "Use proper logical reasoning and think step by step. Finally give the actual correct answer."
+)
+PAPER_EXTRACTOR = "\nTherefore, the final answer is"
+
+Placement = Literal["after_question", "before_question"]
+
+
+@dataclass
+class ChatTemplateRenderer:
+    """Render ``(question, prompt, reasoning, extractor, answer)`` with the model's chat template.
+
+    Examples are any objects with ``question`` and ``answer`` attributes (``dspy.Example`` works).
+    """
+
+    tokenizer: Any
+    placement: Placement = "after_question"
+    extractor: str = PAPER_EXTRACTOR
+    separator: str = "\n\n"
+    system: str | None = None
+    _answer_cache: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.placement not in ("after_question", "before_question"):
+            raise ValueError(f"placement must be 'after_question' or 'before_question', "
+                             f"got {self.placement!r}.")
+        if not self.extractor.strip():
+            raise ValueError("The extractor text is empty; use e.g. 'Therefore, the final answer is'.")
+        if self.extractor != self.extractor.rstrip():
+            # BPE puts a space inside the next token: a forced trailing space derails the answer.
+            raise ValueError(f"The extractor {self.extractor!r} ends with whitespace; remove it.")
+        self._extractor_ids = self._encode(self.extractor)
+
+    def _encode(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def conversation(self, prompt: str, example: Any) -> Conversation:
+        """The chat messages that ask ``example``'s question with ``prompt``."""
+        parts = [example.question, prompt]
+        if self.placement == "before_question":
+            parts.reverse()
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        return messages + [{"role": "user", "content": self.separator.join(parts)}]
+
+    def context(self, prompt: str, example: Any) -> tuple[tuple[int, ...], slice]:
+        """Token ids of the chat up to the assistant's reply, and the prompt's token span.
+
+        The span comes from the tokenizer's offsets around a sentinel, not from a string search
+        for the prompt; a prompt that merges with its neighbours into one token is refused.
+        """
+        if not prompt:
+            raise SlotError("The prompt is empty; start from a non-empty prompt.")
+        rendered = self.tokenizer.apply_chat_template(
+            self.conversation(SENTINEL, example), tokenize=False, add_generation_prompt=True)
+        if rendered.count(SENTINEL) != 1:
+            raise SlotError("The chat template did not render the prompt slot exactly once.")
+        start = rendered.index(SENTINEL)
+        end = start + len(prompt)
+        text = rendered.replace(SENTINEL, prompt)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        inside = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a < end and b > start]
+        straddling = [i for i in inside if encoded["offset_mapping"][i][0] < start
+                      or encoded["offset_mapping"][i][1] > end]
+        if straddling:
+            token = self.tokenizer.decode([encoded["input_ids"][straddling[0]]])
+            raise SlotError(
+                f"The prompt {prompt!r} merges with the text around it into the token {token!r}, "
+                "so its tokens cannot be optimized alone. Separate it (e.g. start it with a "
+                "letter after the separator, end it with punctuation)."
+            )
+        return tuple(encoded["input_ids"]), slice(inside[0], inside[-1] + 1)
+
+    def encode_prompt(self, prompt: str, example: Any) -> tuple[int, ...]:
+        """The token ids ``prompt`` has in ``example``'s rendered context."""
+        context, slot = self.context(prompt, example)
+        return context[slot]
+
+    def decode_prompt(self, prompt_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(prompt_ids))
+
+    def answer_ids(self, answer: str) -> tuple[int, ...]:
+        """The gold answer's tokens as the model writes them after the extractor."""
+        if answer not in self._answer_cache:
+            ids = self._encode(" " + answer.strip())
+            if not answer.strip() or not ids:
+                raise ValueError(f"The target answer {answer!r} tokenizes to nothing.")
+            self._answer_cache[answer] = ids
+        return self._answer_cache[answer]
+
+    def render(
+        self, prompt_ids: Sequence[int], example: Any, reasoning_ids: Sequence[int] = ()
+    ) -> RenderedExample:
+        """The full sequence for ``prompt_ids``; raises :class:`SlotError` when the prompt's text
+        does not tokenize back to ``prompt_ids`` in context (its ids are not a stable prompt)."""
+        prompt = self.decode_prompt(prompt_ids)
+        context, slot = self.context(prompt, example)
+        if context[slot] != tuple(prompt_ids):
+            raise SlotError(
+                f"The prompt ids {list(prompt_ids)} decode to {prompt!r}, which tokenizes to "
+                f"{list(context[slot])} in context; the ids do not survive a text round trip."
+            )
+        answer = self.answer_ids(str(example.answer))
+        r0 = len(context)
+        e0 = r0 + len(reasoning_ids)
+        a0 = e0 + len(self._extractor_ids)
+        ids = context + tuple(reasoning_ids) + self._extractor_ids + answer
+        return RenderedExample(ids=ids, slot=slot, reasoning=slice(r0, e0),
+                               extractor=slice(e0, a0), answer=slice(a0, a0 + len(answer)))

@@ -1,0 +1,360 @@
+"""The GReaTer search (gradients over reasoning), independent of DSPy.
+
+One step at prompt position ``i``: reason with the current prompt; propose candidate tokens from the
+model's own next-token distribution at ``i``; rank them by the one-hot gradient of the answer loss
+taken through the reasoning; regenerate the reasoning for the best few and keep the one with the
+lowest ``mistake rate + 0.02 * prompt NLL``; move to the next position. See DESIGN.md §1.
+
+The search sees token ids and :class:`RenderedExample` s only; a :class:`Renderer` turns examples
+into them, a :class:`Reasoner` writes the reasoning, a :class:`GradientModel` takes gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .adapters.base import GradientModel, Reasoner, RenderedExample, Renderer
+
+logger = logging.getLogger(__name__)
+
+Prompt = tuple[int, ...]
+# The paper's readability filter: letters and spaces, or exactly "." or ",".
+_READABLE = re.compile(r"[A-Za-z ]+|[.,]")
+
+
+@dataclass(frozen=True)
+class GreaterConfig:
+    """Every knob of the search, with the GReaTer paper's defaults."""
+
+    steps: int = 100
+    num_examples: int = 50  # training examples used (the first ones given)
+    top_k: int = 40  # per-example top-k at the start of each proposal
+    top_k_step: int = 2  # k grows by this while too few candidates survive
+    max_top_k: int = 256
+    num_subsets: int = 6  # q: random subsets whose top-k intersections are united
+    subset_size: int = 5
+    min_candidates: int = 6
+    shortlist: int = 3  # candidates regenerated and evaluated per step
+    answer_temperature: float = 0.2
+    fluency_weight: float = 0.2  # prompt NLL in the gradient loss
+    selection_nll_weight: float = 0.02  # prompt NLL in the selection score
+    max_reasoning_tokens: int = 1024
+    max_prompt_tokens: int = 96  # at this length the position wraps to 0 instead of growing
+    filler: str | None = None  # token appended to grow the prompt; None: the model's likeliest
+    keep_top: int = 10  # best prompts remembered
+    seed: int = 0
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> GreaterConfig:
+        """The paper's setting: 50 examples, ~100 steps, top-k 40, q=6, shortlist 3, 1024 tokens."""
+        return cls(**overrides)
+
+    @classmethod
+    def cpu(cls, **overrides: Any) -> GreaterConfig:
+        """A small setting whose steps take well under two minutes on a 2-core CPU (SmolLM2)."""
+        settings: dict[str, Any] = dict(steps=10, num_examples=8, top_k=10, num_subsets=4,
+                                        subset_size=3, max_reasoning_tokens=96)
+        return cls(**{**settings, **overrides})
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "num_examples", "top_k", "top_k_step", "max_top_k", "num_subsets",
+                    "subset_size", "min_candidates", "shortlist", "max_reasoning_tokens",
+                    "max_prompt_tokens", "keep_top")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"GreaterConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.answer_temperature <= 0:
+            raise ValueError("GreaterConfig.answer_temperature must be > 0.")
+
+
+@dataclass(frozen=True)
+class PromptScore:
+    """Selection score of a prompt on the training examples (lower is better)."""
+
+    mistake_rate: float
+    prompt_nll: float
+    value: float
+
+
+@dataclass
+class StepRecord:
+    """What one step saw and chose (JSON-serialisable through :func:`dataclasses.asdict`)."""
+
+    step: int
+    position: int
+    prompt_before: str
+    top_k: int
+    candidates: list[int]
+    gradients: list[float]
+    shortlist: list[int]
+    scores: dict[int, float]
+    selected: int
+    prompt_after: str
+    score_after: float
+    seconds: dict[str, float]
+
+
+@dataclass
+class GreaterResult:
+    """The outcome of a search: the best prompt by training score, the best few, the history."""
+
+    best_prompt: str
+    best_ids: Prompt
+    best_score: PromptScore
+    initial_prompt: str
+    initial_score: PromptScore
+    top_prompts: list[tuple[str, Prompt, PromptScore]]
+    history: list[StepRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def readable_tokens(vocab: Sequence[str], special_ids: frozenset[int]) -> frozenset[int]:
+    """Token ids the paper allows in a prompt: ASCII letters and spaces, or exactly '.' or ','."""
+    return frozenset(i for i, text in enumerate(vocab)
+                     if i not in special_ids and _READABLE.fullmatch(text))
+
+
+def propose(
+    ranked: Sequence[Sequence[int]],
+    *,
+    current: int,
+    previous: int | None,
+    config: GreaterConfig,
+    rng: random.Random,
+) -> tuple[list[int], int]:
+    """Candidate tokens for one position, and the k that produced them.
+
+    ``ranked`` holds each example's readable tokens, most likely first. Take each example's
+    top-k, intersect them within ``num_subsets`` random subsets of ``subset_size`` examples and
+    unite the intersections; grow k while fewer than ``min_candidates`` survive. The previous
+    prompt token is never proposed (no repeats); the current token is always kept.
+    """
+    n = len(ranked)
+    size = min(config.subset_size, n)
+    k = config.top_k
+    while True:
+        tops = [set(r[:k]) - {previous} for r in ranked]
+        union: set[int] = set()
+        for _ in range(config.num_subsets):
+            subset = rng.sample(range(n), size)
+            union |= set.intersection(*(tops[j] for j in subset))
+        if len(union) >= config.min_candidates or k >= config.max_top_k:
+            break
+        k = min(k + config.top_k_step, config.max_top_k)
+    union.add(current)
+    return sorted(union), k
+
+
+def shortlist_by_gradient(candidates: Sequence[int], gradients: Sequence[float], n: int) -> list[int]:
+    """The ``n`` candidates whose one-hot gradient is most negative (largest first-order loss
+    decrease), most promising first; ties broken by token id for determinism."""
+    order = sorted(range(len(candidates)), key=lambda j: (gradients[j], candidates[j]))
+    return [candidates[j] for j in order[:n]]
+
+
+def select(scores: dict[int, PromptScore]) -> int:
+    """The candidate with the lowest selection score (ties: the lower token id)."""
+    return min(scores, key=lambda token: (scores[token].value, token))
+
+
+def advance(
+    prompt: Prompt, position: int, *, ends_sentence: bool, config: GreaterConfig
+) -> tuple[int, bool]:
+    """Next position, and whether the prompt must grow by one token to reach it.
+
+    Inside the prompt, move right. At its end: wrap to 0 after a sentence end (or at
+    ``max_prompt_tokens``), otherwise grow the prompt and optimize the new token next.
+    """
+    if position < len(prompt) - 1:
+        return position + 1, False
+    if ends_sentence or len(prompt) >= config.max_prompt_tokens:
+        return 0, False
+    return len(prompt), True
+
+
+class _Search:
+    """State of one run: engines, examples, the reasoning cache and the best prompts seen."""
+
+    def __init__(self, config: GreaterConfig, examples: Sequence[Any], renderer: Renderer,
+                 reasoner: Reasoner, gradient_model: GradientModel) -> None:
+        self.config = config
+        self.examples = list(examples)
+        self.renderer = renderer
+        self.reasoner = reasoner
+        self.model = gradient_model
+        self.allowed = readable_tokens(gradient_model.vocab, gradient_model.special_ids)
+        # (prompt ids, example index) -> reasoning ids; never generate the same chain twice.
+        self.reasoning: dict[tuple[Prompt, int], tuple[int, ...]] = {}
+        self.scores: dict[Prompt, PromptScore] = {}
+
+    def text(self, prompt: Prompt) -> str:
+        return self.renderer.decode_prompt(prompt)
+
+    def round_trips(self, prompt: Prompt) -> bool:
+        try:
+            self.renderer.render(prompt, self.examples[0])
+        except ValueError:
+            return False
+        return True
+
+    def reason(self, prompts: Sequence[Prompt]) -> None:
+        """Generate, in one batch, every missing reasoning chain for these prompts."""
+        todo = [(p, i) for p in dict.fromkeys(prompts) for i in range(len(self.examples))
+                if (p, i) not in self.reasoning]
+        if not todo:
+            return
+        contexts = [self.renderer.render(p, self.examples[i]).context for p, i in todo]
+        completions = self.reasoner.generate(contexts, max_new_tokens=self.config.max_reasoning_tokens)
+        for key, completion in zip(todo, completions):
+            self.reasoning[key] = completion.token_ids
+
+    def rendered(self, prompt: Prompt) -> list[RenderedExample]:
+        return [self.renderer.render(prompt, ex, self.reasoning[(prompt, i)])
+                for i, ex in enumerate(self.examples)]
+
+    def score(self, prompt: Prompt) -> PromptScore:
+        if prompt not in self.scores:
+            results = self.model.score(self.rendered(prompt))
+            mistakes = sum(not r.correct for r in results) / len(results)
+            nll = sum(r.prompt_nll for r in results) / len(results)
+            self.scores[prompt] = PromptScore(
+                mistakes, nll, mistakes + self.config.selection_nll_weight * nll)
+        return self.scores[prompt]
+
+    def filler(self, prompt: Prompt) -> int | None:
+        """The token to append: the configured filler, or the model's likeliest readable token."""
+        if self.config.filler is not None:
+            matches = [i for i, t in enumerate(self.model.vocab) if t == self.config.filler]
+            if not matches:
+                raise ValueError(f"The filler {self.config.filler!r} is not a single token.")
+            return matches[0]
+        ranked = self.model.ranked_next_tokens(self.rendered(prompt), len(prompt),
+                                               allowed=self.allowed, limit=self.config.top_k)
+        votes: dict[int, float] = {}
+        for row in ranked:
+            for rank, token in enumerate(row):
+                votes[token] = votes.get(token, 0.0) + 1.0 / (rank + 1)
+        for token in sorted(votes, key=lambda t: (-votes[t], t)):
+            if token != prompt[-1] and self.round_trips(prompt + (token,)):
+                return token
+        return None
+
+    def top_prompts(self) -> list[tuple[str, Prompt, PromptScore]]:
+        best = sorted(self.scores.items(), key=lambda item: (item[1].value, len(item[0])))
+        return [(self.text(p), p, s) for p, s in best[: self.config.keep_top]]
+
+
+def run_greater(
+    examples: Sequence[Any],
+    *,
+    initial_prompt: str,
+    renderer: Renderer,
+    reasoner: Reasoner,
+    gradient_model: GradientModel,
+    config: GreaterConfig | None = None,
+    on_step: Callable[[StepRecord], None] | None = None,
+    progress: bool = True,
+) -> GreaterResult:
+    """Run the GReaTer search on ``examples`` from ``initial_prompt``; return the best prompts.
+
+    ``examples`` are whatever ``renderer`` renders (objects with ``question`` and ``answer`` for
+    the chat-template renderer). ``on_step`` is called after every step with its record.
+    """
+    config = config or GreaterConfig()
+    examples = list(examples)[: config.num_examples]
+    if len(examples) < 2:
+        raise ValueError(
+            f"GReaTer needs at least 2 training examples (it intersects the proposals of several "
+            f"examples), got {len(examples)}. The paper uses 50."
+        )
+    if not initial_prompt.strip():
+        raise ValueError("The initial prompt is empty; start from a sentence such as "
+                         "'Use proper logical reasoning and think step by step.'")
+    search = _Search(config, examples, renderer, reasoner, gradient_model)
+    rng = random.Random(config.seed)
+    initial = prompt = tuple(renderer.encode_prompt(initial_prompt, examples[0]))
+    for ex in examples[1:]:
+        renderer.render(prompt, ex)  # the same ids must hold in every example's context
+    search.reason([prompt])
+    initial_score = search.score(prompt)
+    logger.info("Initial prompt %r: score %.4f (mistakes %.2f)", search.text(prompt),
+                initial_score.value, initial_score.mistake_rate)
+
+    history: list[StepRecord] = []
+    position = 0
+    steps = range(config.steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="GReaTer", unit="step")
+    for step in steps:
+        record = _step(search, prompt, position, step, rng)
+        history.append(record)
+        prompt = tuple(prompt[: position]) + (record.selected,) + tuple(prompt[position + 1 :])
+        ends_sentence = search.text((record.selected,)).strip().endswith(".")
+        position, grow = advance(prompt, position, ends_sentence=ends_sentence, config=config)
+        if grow:
+            token = search.filler(prompt)
+            if token is None:
+                position = 0
+            else:
+                prompt = prompt + (token,)
+                search.reason([prompt])
+        if progress:
+            steps.set_postfix(best=f"{search.top_prompts()[0][2].value:.3f}")
+        if on_step is not None:
+            on_step(record)
+
+    top = search.top_prompts()
+    best_text, best_ids, best_score = top[0]
+    return GreaterResult(best_text, best_ids, best_score, search.text(initial), initial_score,
+                         top, history)
+
+
+def _step(search: _Search, prompt: Prompt, position: int, step: int, rng: random.Random) -> StepRecord:
+    config, seconds = search.config, {}
+    clock = time.perf_counter()
+    search.reason([prompt])  # cached after the previous step's selection
+    rendered = search.rendered(prompt)
+    seconds["reason"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    ranked = search.model.ranked_next_tokens(rendered, position, allowed=search.allowed,
+                                             limit=config.max_top_k)
+    previous = prompt[position - 1] if position > 0 else None
+    candidates, k = propose(ranked, current=prompt[position], previous=previous, config=config,
+                            rng=rng)
+    swap = lambda token: prompt[:position] + (token,) + prompt[position + 1 :]  # noqa: E731
+    candidates = [c for c in candidates if c == prompt[position] or search.round_trips(swap(c))]
+    seconds["propose"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    gradients = search.model.candidate_gradients(
+        rendered, position, candidates, answer_temperature=config.answer_temperature,
+        fluency_weight=config.fluency_weight)
+    shortlist = shortlist_by_gradient(candidates, gradients, config.shortlist)
+    seconds["gradient"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    search.reason([swap(c) for c in shortlist])
+    scores = {c: search.score(swap(c)) for c in shortlist}
+    selected = select(scores)
+    seconds["select"] = time.perf_counter() - clock
+
+    after = swap(selected)
+    record = StepRecord(
+        step=step, position=position, prompt_before=search.text(prompt), top_k=k,
+        candidates=candidates, gradients=gradients, shortlist=shortlist,
+        scores={c: s.value for c, s in scores.items()}, selected=selected,
+        prompt_after=search.text(after), score_after=scores[selected].value, seconds=seconds)
+    logger.info("step %d pos %d: %d candidates (k=%d) -> %r score %.4f", step, position,
+                len(candidates), k, search.text((selected,)), record.score_after)
+    return record

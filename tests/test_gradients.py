@@ -1,0 +1,105 @@
+"""Correctness of the one-hot gradient over reasoning."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from dspy_greater.adapters.hf import HFGradientModel
+from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
+from dspy_greater.search import readable_tokens
+
+
+class QA:
+    def __init__(self, question: str, answer: str) -> None:
+        self.question, self.answer = question, answer
+
+
+def full_precision(model: HFGradientModel) -> HFGradientModel:
+    """Llama's RMSNorm computes in float32 whatever the model's dtype; run it in float64 too,
+    so finite differences are not drowned by float32 rounding."""
+    for module in model.model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            module.forward = lambda x, m=module: m.weight * (
+                x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + m.variance_epsilon))
+    return model
+
+
+def _rendered(model: HFGradientModel, n: int = 2, reasoning_len: int = 12):
+    renderer = ChatTemplateRenderer(model.tokenizer)
+    rng = random.Random(0)
+    allowed = sorted(readable_tokens(model.vocab, model.special_ids))
+    examples = [QA("Is the sky blue on a clear day?", "yes"), QA("Is 7 an even number?", "no")][:n]
+    prompt = renderer.encode_prompt(PAPER_PROMPT, examples[0])
+    return renderer, prompt, [
+        renderer.render(prompt, ex, [rng.choice(allowed) for _ in range(reasoning_len)])
+        for ex in examples
+    ]
+
+
+@pytest.mark.parametrize("position", [0, 4, -1])
+def test_one_hot_gradient_matches_finite_differences(tiny_model, position):
+    model = full_precision(HFGradientModel(tiny_model, dtype="float64"))
+    _, prompt, rendered = _rendered(model)
+    position %= len(prompt)
+    current = prompt[position]
+    allowed = sorted(readable_tokens(model.vocab, model.special_ids) - {current})
+    candidates = sorted(random.Random(position).sample(allowed, 7) + [current])
+    loss_args = dict(answer_temperature=0.2, fluency_weight=0.2)
+    gradients = model.candidate_gradients(rendered, position, candidates, **loss_args)
+
+    def loss(weights: torch.Tensor) -> float:
+        with torch.no_grad():
+            return sum(float(model.relaxed_loss(ex, position, candidates, weights, **loss_args))
+                       for ex in rendered)
+
+    base = torch.zeros(len(candidates), dtype=torch.float64)
+    base[candidates.index(current)] = 1.0
+    eps = 1e-6
+    for j, token in enumerate(candidates):
+        if token == current:
+            continue
+        direction = torch.zeros_like(base)
+        direction[j], direction[candidates.index(current)] = 1.0, -1.0
+        numeric = (loss(base + eps * direction) - loss(base - eps * direction)) / (2 * eps)
+        analytic = gradients[j] - gradients[candidates.index(current)]
+        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+def test_one_hot_at_a_candidate_is_exact_substitution(tiny_model):
+    """Relaxed loss with the one-hot on candidate c equals the loss of the prompt with c in it."""
+    model = full_precision(HFGradientModel(tiny_model, dtype="float64"))
+    renderer, prompt, rendered = _rendered(model, n=1)
+    position, ex = 2, rendered[0]
+    candidates = sorted({prompt[position], *renderer.encode_prompt(" the", QA("q", "a"))})
+    other = next(c for c in candidates if c != prompt[position])
+    weights = torch.zeros(len(candidates), dtype=torch.float64)
+    weights[candidates.index(other)] = 1.0
+    swapped_ids = ex.ids[: ex.slot.start + position] + (other,) + ex.ids[ex.slot.start + position + 1:]
+    swapped = type(ex)(swapped_ids, ex.slot, ex.reasoning, ex.extractor, ex.answer)
+    current = torch.zeros_like(weights)
+    current[candidates.index(swapped.prompt_ids[position])] = 1.0
+    with torch.no_grad():
+        relaxed = model.relaxed_loss(ex, position, candidates, weights,
+                                     answer_temperature=0.2, fluency_weight=0.2)
+        exact = model.relaxed_loss(swapped, position, candidates, current,
+                                   answer_temperature=0.2, fluency_weight=0.2)
+    assert float(relaxed) == pytest.approx(float(exact), rel=1e-12)
+
+
+def test_nan_loss_names_the_example(tiny_model, tmp_path):
+    model = HFGradientModel(tiny_model, dtype="float32")
+    _, prompt, rendered = _rendered(model)
+    # Poison one token that only the second example's question contains.
+    first, second = set(rendered[0].ids), set(rendered[1].ids)
+    poison = sorted(second - first)[0]
+    # The embeddings are tied to the output layer: untie them so only inputs are poisoned.
+    weight = model.model.get_input_embeddings().weight.detach().clone()
+    weight[poison] = float("nan")
+    model.model.set_input_embeddings(torch.nn.Embedding.from_pretrained(weight))
+    model._embeddings = model.model.get_input_embeddings().weight
+    with pytest.raises(FloatingPointError, match="example 1"):
+        model.candidate_gradients(rendered, 0, [prompt[0]], answer_temperature=0.2,
+                                  fluency_weight=0.2)
