@@ -1,0 +1,141 @@
+"""The GReaTer search: its phases alone, and whole runs on the tiny and the real model."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+
+import pytest
+
+import dspy_greater
+from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
+from dspy_greater.errors import DeviceUnavailable
+from dspy_greater.search import (
+    GreaterConfig,
+    PromptScore,
+    advance,
+    propose,
+    readable_tokens,
+    run_greater,
+    select,
+    shortlist_by_gradient,
+)
+
+
+def test_readable_filter_follows_the_paper():
+    vocab = ["<s>", " the", "The", ".", ",", " .", "'s", "12", "Ġ", "\n", "é", "a b", " ", "!", ""]
+    allowed = readable_tokens(vocab, special_ids=frozenset({0}))
+    assert sorted(vocab[i] for i in allowed) == sorted([" the", "The", ".", ",", "a b", " "])
+
+
+def test_propose_keeps_the_current_token_and_never_repeats_the_previous():
+    ranked = [[5, 6, 7, 8, 9, 10, 11, 12]] * 5
+    config = GreaterConfig(top_k=8, min_candidates=2, subset_size=5, num_subsets=2)
+    candidates, k = propose(ranked, current=99, previous=6, config=config, rng=random.Random(0))
+    assert 99 in candidates and 6 not in candidates
+    assert set(candidates) == {5, 7, 8, 9, 10, 11, 12, 99}
+    assert k == 8
+
+
+def test_propose_grows_k_by_the_step_until_enough_survive():
+    # Example e ranks tokens so that the top-k sets only share tokens from rank 6 on.
+    ranked = [[100 * e + j for j in range(6)] + list(range(1, 30)) for e in range(5)]
+    config = GreaterConfig(top_k=4, top_k_step=2, min_candidates=6, subset_size=5, num_subsets=3)
+    candidates, k = propose(ranked, current=7, previous=None, config=config, rng=random.Random(0))
+    # k=12 is the first k whose top-k sets share 6 tokens (ranks 6..11 -> tokens 1..6).
+    assert k == 12
+    assert set(candidates) == {1, 2, 3, 4, 5, 6, 7}
+
+
+def test_propose_is_seeded_and_seeds_matter():
+    rng = random.Random(42)
+    ranked = [rng.sample(range(40), 20) for _ in range(12)]
+    config = GreaterConfig(top_k=12, min_candidates=1, subset_size=3, num_subsets=2)
+    draw = lambda seed: propose(ranked, current=0, previous=None, config=config,  # noqa: E731
+                                rng=random.Random(seed))
+    assert draw(1) == draw(1)
+    assert len({tuple(draw(seed)[0]) for seed in range(8)}) > 1
+
+
+def test_shortlist_select_and_advance():
+    assert shortlist_by_gradient([4, 5, 6, 7], [0.3, -1.0, -0.2, -1.0], 3) == [5, 7, 6]
+    scores = {4: PromptScore(0.5, 2.0, 0.54), 5: PromptScore(0.4, 3.0, 0.46)}
+    assert select(scores) == 5
+    config = GreaterConfig(max_prompt_tokens=4)
+    assert advance((1, 2, 3), 0, ends_sentence=False, config=config) == (1, False)
+    assert advance((1, 2, 3), 2, ends_sentence=True, config=config) == (0, False)
+    assert advance((1, 2, 3), 2, ends_sentence=False, config=config) == (3, True)
+    assert advance((1, 2, 3, 4), 3, ends_sentence=False, config=config) == (0, False)
+
+
+class QA:
+    def __init__(self, question: str, answer: str) -> None:
+        self.question, self.answer = question, answer
+
+
+TINY_EXAMPLES = [QA("Is the sky blue?", "yes"), QA("Is fire cold?", "no"),
+                 QA("Do fish swim?", "yes"), QA("Can stones fly?", "no")]
+
+
+def _tiny_run(tiny_model, seed, steps=3):
+    model = HFGradientModel(tiny_model)
+    config = GreaterConfig(steps=steps, top_k=6, subset_size=2, num_subsets=3,
+                           max_reasoning_tokens=6, seed=seed, max_prompt_tokens=8)
+    return run_greater(TINY_EXAMPLES, initial_prompt="Think step by step", config=config,
+                       renderer=ChatTemplateRenderer(model.tokenizer),
+                       reasoner=HFReasoner(tiny_model, batch_size=4), gradient_model=model,
+                       progress=False)
+
+
+def test_same_seed_same_result(tiny_model):
+    first, second = _tiny_run(tiny_model, seed=0), _tiny_run(tiny_model, seed=0)
+    strip_time = lambda r: [{**asdict(h), "seconds": None} for h in r.history]  # noqa: E731
+    assert strip_time(first) == strip_time(second)
+    assert first.best_ids == second.best_ids
+    # The prompt grew past its end: "step" does not end a sentence.
+    assert any(len(h.prompt_after) > len("Think step by step") for h in first.history)
+
+
+def test_one_real_step_on_smollm2(smollm2):
+    model = HFGradientModel(smollm2)
+    examples = dspy_greater.load_bbh("sports_understanding")[:4]
+    config = GreaterConfig.cpu(steps=1, num_examples=4, max_reasoning_tokens=32)
+    seen = []
+    result = run_greater(examples, initial_prompt=PAPER_PROMPT, config=config,
+                         renderer=ChatTemplateRenderer(model.tokenizer),
+                         reasoner=HFReasoner(smollm2, batch_size=4), gradient_model=model,
+                         on_step=seen.append, progress=False)
+    [step] = result.history
+    assert seen == [step]
+    initial_ids = ChatTemplateRenderer(model.tokenizer).encode_prompt(PAPER_PROMPT, examples[0])
+    assert step.position == 0 and initial_ids[0] in step.candidates
+    assert len(step.candidates) >= config.min_candidates
+    assert set(step.shortlist) <= set(step.candidates) and len(step.shortlist) == 3
+    assert set(step.scores) == set(step.shortlist)
+    assert step.selected in step.shortlist
+    assert all(t in step.seconds for t in ("reason", "propose", "gradient", "select"))
+    assert step.prompt_before == PAPER_PROMPT
+    assert result.initial_score.value >= result.best_score.value
+    assert result.top_prompts[0][0] == result.best_prompt
+
+
+def test_bad_inputs_have_clear_errors(tiny_model, tmp_path):
+    model = HFGradientModel(tiny_model)
+    engines = dict(renderer=ChatTemplateRenderer(model.tokenizer),
+                   reasoner=HFReasoner(tiny_model), gradient_model=model, progress=False)
+    with pytest.raises(ValueError, match="at least 2 training examples"):
+        run_greater(TINY_EXAMPLES[:1], initial_prompt="Think.", **engines)
+    with pytest.raises(ValueError, match="at least 2 training examples"):
+        run_greater([], initial_prompt="Think.", **engines)
+    with pytest.raises(ValueError, match="initial prompt is empty"):
+        run_greater(TINY_EXAMPLES, initial_prompt="  ", **engines)
+    with pytest.raises(ValueError, match="max_reasoning_tokens"):
+        GreaterConfig(max_reasoning_tokens=0)
+    with pytest.raises(FileNotFoundError, match="No model folder"):
+        HFGradientModel(tmp_path / "missing")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceUnavailable, match="no CUDA GPU"):
+            HFGradientModel(tiny_model, device="cuda")
