@@ -111,6 +111,7 @@ class GreaterResult:
     initial_score: PromptScore
     top_prompts: list[tuple[str, Prompt, PromptScore]]
     history: list[StepRecord] = field(default_factory=list)
+    setup_seconds: dict[str, float] = field(default_factory=dict)  # the initial prompt's phases
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -283,8 +284,12 @@ def run_greater(
     initial = prompt = tuple(renderer.encode_prompt(initial_prompt, examples[0]))
     for ex in examples[1:]:
         renderer.render(prompt, ex)  # the same ids must hold in every example's context
+    clock = time.perf_counter()
     search.reason([prompt])
+    setup_seconds = {"reason": time.perf_counter() - clock}
+    clock = time.perf_counter()
     initial_score = search.score(prompt)
+    setup_seconds["score"] = time.perf_counter() - clock
     logger.info("Initial prompt %r: score %.4f (mistakes %.2f)", search.text(prompt),
                 initial_score.value, initial_score.mistake_rate)
 
@@ -316,7 +321,7 @@ def run_greater(
     top = search.top_prompts()
     best_text, best_ids, best_score = top[0]
     return GreaterResult(best_text, best_ids, best_score, search.text(initial), initial_score,
-                         top, history)
+                         top, history, setup_seconds)
 
 
 def _step(search: _Search, prompt: Prompt, position: int, step: int, rng: random.Random) -> StepRecord:
