@@ -48,6 +48,38 @@ def one_step(task: str, examples: int, tokens: int, dtype: str) -> dict:
     }
 
 
+def gradient_agreement(task: str, examples: int, tokens: int, positions: int = 6) -> list[dict]:
+    """Gradients of the same candidates in bf16 and fp32 (same reasoning): cosine, top-3 overlap."""
+    import torch
+
+    import dspy_greater
+    from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+    from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
+    from dspy_greater.search import readable_tokens, shortlist_by_gradient
+
+    path = dspy_greater.default_model()
+    data = dspy_greater.split(dspy_greater.load_bbh(task), train=examples, dev=0).train
+    fp32, bf16 = HFGradientModel(path), HFGradientModel(path, dtype="bfloat16")
+    renderer = ChatTemplateRenderer(fp32.tokenizer)
+    prompt = renderer.encode_prompt(PAPER_PROMPT, data[0])
+    contexts = [renderer.render(prompt, ex).context for ex in data]
+    reasonings = HFReasoner(path, batch_size=examples).generate(contexts, max_new_tokens=tokens)
+    rendered = [renderer.render(prompt, ex, r.token_ids) for ex, r in zip(data, reasonings)]
+    allowed = readable_tokens(fp32.vocab, fp32.special_ids)
+    rows = []
+    for position in range(positions):
+        ranked = fp32.ranked_next_tokens(rendered, position, allowed=allowed, limit=10)
+        candidates = sorted({t for row in ranked for t in row} | {prompt[position]})
+        grads = [m.candidate_gradients(rendered, position, candidates, answer_temperature=0.2,
+                                       fluency_weight=0.2) for m in (fp32, bf16)]
+        a, b = (torch.tensor(g) for g in grads)
+        top = [set(shortlist_by_gradient(candidates, g, 3)) for g in grads]
+        rows.append({"position": position, "candidates": len(candidates),
+                     "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+                     "top3_shared": len(top[0] & top[1])})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="sports_understanding")
@@ -55,6 +87,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-agreement", action="store_true",
+                        help="skip the bf16-vs-fp32 gradient comparison")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(one_step(args.task, args.examples, args.tokens, args.child)))
@@ -77,6 +111,13 @@ def main() -> None:
     for r in rows:
         phases = {k: r[k] for k in ("reason", "propose", "gradient", "select")}
         print(f"\n{r['dtype']}: slowest phase is {max(phases, key=phases.get)}")
+    if args.skip_agreement:
+        return
+    print("\nbf16 vs fp32 gradients over the same candidates (same reasoning)\n")
+    print("| position | candidates | cosine | shortlist (top 3) shared |")
+    print("| --- | --- | --- | --- |")
+    for r in gradient_agreement(args.task, args.examples, args.tokens):
+        print(f"| {r['position']} | {r['candidates']} | {r['cosine']:.4f} | {r['top3_shared']}/3 |")
 
 
 if __name__ == "__main__":

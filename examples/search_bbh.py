@@ -1,0 +1,66 @@
+"""Run the GReaTer search (no DSPy) on a BBH task with the embedded SmolLM2, and print each step.
+
+    python examples/search_bbh.py --task sports_understanding --steps 4
+    python examples/search_bbh.py --task ../shared/data/bbh/causal_judgement.json --preset paper
+
+The task is a shipped BBH task name or the path of any BBH JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import dspy_greater
+from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
+from dspy_greater.search import GreaterConfig, run_greater
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="sports_understanding")
+    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--examples", type=int, help="training examples (preset's default)")
+    parser.add_argument("--tokens", type=int, help="reasoning tokens (preset's default)")
+    parser.add_argument("--placement", choices=["after_question", "before_question"],
+                        default="after_question")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    overrides = {"steps": args.steps, "seed": args.seed}
+    if args.examples:
+        overrides["num_examples"] = args.examples
+    if args.tokens:
+        overrides["max_reasoning_tokens"] = args.tokens
+    config = getattr(GreaterConfig, args.preset)(**overrides)
+    examples = dspy_greater.load_bbh(args.task)
+    train = dspy_greater.split(examples, train=config.num_examples, dev=0, seed=args.seed).train
+
+    path = dspy_greater.default_model()
+    model = HFGradientModel(path, dtype=args.dtype)
+    result = run_greater(
+        train, initial_prompt=PAPER_PROMPT, config=config,
+        renderer=ChatTemplateRenderer(model.tokenizer, placement=args.placement),
+        reasoner=HFReasoner(path, dtype=args.dtype, batch_size=config.num_examples),
+        gradient_model=model,
+    )
+
+    print(f"\nstart  score {result.initial_score.value:.3f} "
+          f"(mistakes {result.initial_score.mistake_rate:.2f}): {result.initial_prompt!r}")
+    for h in result.history:
+        timing = " ".join(f"{k} {v:.0f}s" for k, v in h.seconds.items())
+        print(f"step {h.step:>3} pos {h.position:>2} k={h.top_k:<3} {len(h.candidates):>3} cand. "
+              f"score {h.score_after:.3f} [{timing}]: {h.prompt_after!r}")
+    print("\nbest prompts on the training examples (lower is better):")
+    for text, _, score in result.top_prompts[:5]:
+        print(f"  {score.value:.3f} (mistakes {score.mistake_rate:.2f}): {text!r}")
+
+
+if __name__ == "__main__":
+    main()
