@@ -200,8 +200,10 @@ class _Search:
         return self.renderer.decode_prompt(prompt)
 
     def round_trips(self, prompt: Prompt) -> bool:
+        """Whether ``prompt``'s text tokenizes back to ``prompt`` in every example's context."""
         try:
-            self.renderer.render(prompt, self.examples[0])
+            for example in self.examples:
+                self.renderer.render(prompt, example)
         except ValueError:
             return False
         return True
