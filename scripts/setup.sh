@@ -24,7 +24,11 @@ fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
 
 echo "== torch (CPU build)"
-if ! pip install -q -c constraints.txt --no-index "$TORCH_CPU" 2>/dev/null; then
+# First torch alone from local wheels only (pip's find-links), then its dependencies from the
+# package index; without a local wheel, torch itself comes from PyTorch's CPU index.
+if pip install -q --no-index --no-deps "$TORCH_CPU" 2>/dev/null; then
+    pip install -q -c constraints.txt "$TORCH_CPU"
+else
     echo "No local $TORCH_CPU wheel found; taking it from PyTorch's CPU index $TORCH_CPU_INDEX"
     pip install -q -c constraints.txt --extra-index-url "$TORCH_CPU_INDEX" "$TORCH_CPU"
 fi
