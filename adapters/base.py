@@ -90,6 +90,26 @@ class Reasoner(Protocol):
         """
         ...
 
+    def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
+        """log P(ids[t] | ids[:t]) for t = 1 .. len(ids) - 1 (to check two engines are one model)."""
+        ...
+
+
+def chat_prompt_ids(
+    tokenizer: Any, conversations: Sequence[Conversation], *, continue_final_message: bool
+) -> list[list[int]]:
+    """Token ids of each conversation under the tokenizer's chat template, as vLLM builds them.
+
+    The template writes the special tokens itself, so no second BOS is added.
+    """
+    texts = [
+        tokenizer.apply_chat_template(
+            list(conv), tokenize=False, add_generation_prompt=not continue_final_message,
+            continue_final_message=continue_final_message)
+        for conv in conversations
+    ]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
 
 @runtime_checkable
 class GradientModel(Protocol):
@@ -136,6 +156,10 @@ class GradientModel(Protocol):
 
     def score(self, examples: Sequence[RenderedExample]) -> list[ExampleScore]:
         """Exact teacher-forced scores of each example."""
+        ...
+
+    def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
+        """log P(ids[t] | ids[:t]) for t = 1 .. len(ids) - 1."""
         ...
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from dspy_greater.errors import DeviceUnavailable
 
-from .base import Completion, Conversation, ExampleScore, RenderedExample
+from .base import Completion, Conversation, ExampleScore, RenderedExample, chat_prompt_ids
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,15 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def _prompt_logprobs(model: Any, ids: Sequence[int], device: str) -> list[float]:
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([list(ids)], device=device)).logits[0, :-1].float()
+    targets = torch.tensor(list(ids)[1:], device=device)
+    return torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0].tolist()
+
+
 class HFReasoner:
     """Greedy batched generation with ``transformers``' ``generate`` (left padding)."""
 
@@ -94,18 +103,12 @@ class HFReasoner:
         continue_final_message: bool = False,
     ) -> list[Completion]:
         """Complete each conversation greedily; see :class:`adapters.base.Reasoner`."""
-        prompts = [
-            self.tokenizer.apply_chat_template(
-                list(conv),
-                tokenize=False,
-                add_generation_prompt=not continue_final_message,
-                continue_final_message=continue_final_message,
-            )
-            for conv in conversations
-        ]
-        # The chat template already wrote the special tokens; don't add a second BOS.
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        ids = chat_prompt_ids(self.tokenizer, conversations,
+                              continue_final_message=continue_final_message)
         return self.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
+
+    def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
+        return _prompt_logprobs(self.model, ids, self.device)
 
     def generate(
         self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = ()
@@ -308,6 +311,9 @@ class HFGradientModel:
             (grad,) = torch.autograd.grad(loss, weights)
             total += grad.double().cpu()
         return total.tolist()
+
+    def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
+        return _prompt_logprobs(self.model, ids, self.device)
 
     def score(self, examples: Sequence[RenderedExample]) -> list[ExampleScore]:
         torch = self._torch

@@ -55,6 +55,16 @@ def tiny_model(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vllm_reasoner(smollm2: Path):
+    """The offline vLLM reasoner on the embedded model (one engine for the whole session)."""
+    from dspy_greater.adapters.vllm_engine import VLLMReasoner
+
+    reasoner = VLLMReasoner(smollm2, dtype="float32", max_model_len=2048)
+    yield reasoner
+    reasoner.close()  # now, not at exit after pytest closed its streams
+
+
+@pytest.fixture(scope="session")
 def shared_bbh() -> Path:
     """The benchmark copy of BIG-Bench Hard (tests and benchmarks only; users have no shared/)."""
     folder = SHARED_DATA / "bbh"

@@ -1,0 +1,95 @@
+"""One GReaTer step with the HF `generate` reasoner vs the offline vLLM reasoner (SmolLM2, CPU).
+
+8 examples, 128 reasoning tokens, shortlist of 3, same gradient model (fp32) for both. Each
+reasoner runs in its own process. Prints a Markdown table: time per phase, the whole step, the
+generation throughput and vLLM's prefix-cache hit rate.
+
+    python benchmarks/reasoners.py [--examples 8] [--tokens 128] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+
+def one_step(backend: str, examples: int, tokens: int, dtype: str) -> dict:
+    import dspy_greater
+    from dspy_greater.adapters.hf import HFGradientModel
+    from dspy_greater.adapters.lm import make_reasoner
+    from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
+    from dspy_greater.search import GreaterConfig, run_greater
+
+    path = dspy_greater.default_model()
+    data = dspy_greater.split(dspy_greater.load_bbh("sports_understanding"), train=examples,
+                              dev=0).train
+    started = time.perf_counter()
+    kwargs = {"batch_size": examples} if backend == "hf" else {}
+    reasoner = make_reasoner(path, backend=backend, dtype=dtype, **kwargs)
+    start_seconds = time.perf_counter() - started
+    model = HFGradientModel(path)
+    generated = 0
+    generate = reasoner.generate
+
+    def counting(prompts, **kw):  # count the tokens the step generates
+        nonlocal generated
+        outs = generate(prompts, **kw)
+        generated += sum(len(o.token_ids) for o in outs)
+        return outs
+
+    reasoner.generate = counting
+    config = GreaterConfig.cpu(steps=1, num_examples=examples, max_reasoning_tokens=tokens)
+    started = time.perf_counter()
+    result = run_greater(data, initial_prompt=PAPER_PROMPT, config=config,
+                         renderer=ChatTemplateRenderer(model.tokenizer), reasoner=reasoner,
+                         gradient_model=model, progress=False)
+    total = time.perf_counter() - started
+    [step] = result.history
+    generation = result.setup_seconds["reason"] + step.seconds["select"]
+    hit_rate = getattr(reasoner, "prefix_cache_hit_rate", lambda: None)()
+    return {"backend": backend, "engine_start": start_seconds,
+            "reason": result.setup_seconds["reason"], "propose": step.seconds["propose"],
+            "gradient": step.seconds["gradient"], "select": step.seconds["select"],
+            "total": total, "tokens": generated, "tokens_per_s": generated / generation,
+            "prefix_hit_rate": hit_rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--backends", default="hf,vllm")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(one_step(args.child, args.examples, args.tokens, args.dtype)))
+        return
+    rows = []
+    for backend in args.backends.split(","):
+        out = subprocess.run([sys.executable, __file__, "--child", backend, "--examples",
+                              str(args.examples), "--tokens", str(args.tokens), "--dtype", args.dtype],
+                             check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"One GReaTer step, {args.examples} examples, {args.tokens} reasoning tokens, shortlist 3, "
+          f"reasoner in {args.dtype}, gradient model fp32, SmolLM2-135M, CPU\n")
+    print("| reasoner | engine start | reason | propose | gradient | select | step | generated "
+          "| tokens/s | prefix-cache hits |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        hits = "—" if r["prefix_hit_rate"] is None else f"{r['prefix_hit_rate']:.0%}"
+        print(f"| {r['backend']} | {r['engine_start']:.0f} s | {r['reason']:.1f} s | "
+              f"{r['propose']:.1f} s | {r['gradient']:.1f} s | {r['select']:.1f} s | "
+              f"{r['total']:.1f} s | {r['tokens']} | {r['tokens_per_s']:.0f} | {hits} |")
+    if len(rows) == 2:
+        a, b = rows
+        gen = lambda r: r["reason"] + r["select"]  # noqa: E731
+        print(f"\n{b['backend']} vs {a['backend']}: generation phases {gen(a) / gen(b):.1f}x "
+              f"faster, whole step {a['total'] / b['total']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

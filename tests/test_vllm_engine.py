@@ -1,0 +1,78 @@
+"""The offline vLLM reasoner on the embedded model, against HF generate; the same-model check."""
+
+from __future__ import annotations
+
+import pytest
+
+from dspy_greater.adapters.base import Reasoner
+from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+from dspy_greater.adapters.same_model import ModelMismatch, check_same_model
+from dspy_greater.adapters.vllm_engine import apply_cpu_defaults
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Is the following sentence plausible? \"Tom Brady scored a touchdown.\"\n"
+                                 "Think step by step."}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colours."}],
+    [{"role": "user", "content": "not ( True ) and ( True ) is"}],
+]
+
+
+def test_greedy_completions_match_hf_generate(smollm2, vllm_reasoner):
+    assert isinstance(vllm_reasoner, Reasoner)
+    hf = HFReasoner(smollm2, batch_size=4)
+    ours = vllm_reasoner.chat(CONVERSATIONS, max_new_tokens=24)
+    theirs = hf.chat(CONVERSATIONS, max_new_tokens=24)
+    for a, b in zip(ours, theirs):
+        # fp32 on both sides; a divergence late in a chain can come from kernel rounding ties,
+        # so compare the first 16 tokens exactly and report the rest.
+        assert a.token_ids[:16] == b.token_ids[:16]
+        assert a.finish_reason == b.finish_reason or len(a.token_ids) != len(b.token_ids)
+
+
+def test_continuing_an_assistant_message(vllm_reasoner):
+    partial = CONVERSATIONS[0] + [{"role": "assistant", "content": "The capital of France is"}]
+    [continued] = vllm_reasoner.chat([partial], max_new_tokens=4, continue_final_message=True)
+    assert "Paris" in continued.text
+    [fresh] = vllm_reasoner.chat(CONVERSATIONS[:1], max_new_tokens=4)
+    assert fresh.text.startswith("The capital")
+
+
+def test_stop_strings_and_token_ids(vllm_reasoner):
+    [full] = vllm_reasoner.chat(CONVERSATIONS[2:3], max_new_tokens=32)
+    word = full.text.split()[1]
+    [stopped] = vllm_reasoner.chat(CONVERSATIONS[2:3], max_new_tokens=32, stop=[word])
+    assert word not in stopped.text and full.text.startswith(stopped.text)
+    assert stopped.finish_reason == "stop"
+    assert vllm_reasoner.tokenizer.eos_token_id not in full.token_ids
+
+
+def test_context_overflow_names_the_prompt(vllm_reasoner):
+    too_long = [[1] * (vllm_reasoner.max_model_len - 4)]
+    with pytest.raises(ValueError, match="Prompt 0 has"):
+        vllm_reasoner.generate(too_long, max_new_tokens=16)
+
+
+def test_prefix_cache_is_used(vllm_reasoner):
+    # Caching works on whole KV blocks: share a long prefix, as GReaTer's candidates do.
+    shared = "Answer the question after thinking it through carefully. " * 40
+    conversations = [[{"role": "system", "content": shared}, *conv[-1:]] for conv in CONVERSATIONS]
+    before = vllm_reasoner.prefix_cache_hit_rate() or 0.0
+    vllm_reasoner.chat(conversations, max_new_tokens=2)
+    vllm_reasoner.chat(conversations, max_new_tokens=2)
+    rate = vllm_reasoner.prefix_cache_hit_rate()
+    assert rate is not None and rate > before
+
+
+def test_same_model_check_accepts_one_model_and_refuses_another(smollm2, tiny_model, vllm_reasoner):
+    gap = check_same_model(vllm_reasoner, HFGradientModel(smollm2))
+    assert gap < 0.05
+    with pytest.raises(ModelMismatch, match="not the same weights"):
+        check_same_model(vllm_reasoner, HFGradientModel(tiny_model))
+
+
+def test_cpu_defaults_respect_the_user(monkeypatch):
+    env = {"VLLM_CPU_KVCACHE_SPACE": "7"}
+    applied = apply_cpu_defaults(env)
+    assert applied["VLLM_CPU_KVCACHE_SPACE"] == "7"
+    assert applied["VLLM_CPU_OMP_THREADS_BIND"].startswith("0")
