@@ -66,14 +66,16 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_step(args.child, args.examples, args.tokens, args.dtype)))
+        print("RESULT", json.dumps(one_step(args.child, args.examples, args.tokens, args.dtype)))
         return
     rows = []
     for backend in args.backends.split(","):
         out = subprocess.run([sys.executable, __file__, "--child", backend, "--examples",
                               str(args.examples), "--tokens", str(args.tokens), "--dtype", args.dtype],
                              check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        # The engines may log to stdout too: take the marked line.
+        rows.append(json.loads(next(line[len("RESULT "):] for line in out.splitlines()
+                                    if line.startswith("RESULT "))))
     print(f"One GReaTer step, {args.examples} examples, {args.tokens} reasoning tokens, shortlist 3, "
           f"reasoner in {args.dtype}, gradient model fp32, SmolLM2-135M, CPU\n")
     print("| reasoner | engine start | reason | propose | gradient | select | step | generated "

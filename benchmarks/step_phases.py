@@ -91,14 +91,16 @@ def main() -> None:
                         help="skip the bf16-vs-fp32 gradient comparison")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_step(args.task, args.examples, args.tokens, args.child)))
+        print("RESULT", json.dumps(one_step(args.task, args.examples, args.tokens, args.child)))
         return
     rows = []
     for dtype in args.dtypes.split(","):
         out = subprocess.run([sys.executable, __file__, "--child", dtype, "--task", args.task,
                               "--examples", str(args.examples), "--tokens", str(args.tokens)],
                              check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        # The engines may log to stdout too: take the marked line.
+        rows.append(json.loads(next(line[len("RESULT "):] for line in out.splitlines()
+                                    if line.startswith("RESULT "))))
     print(f"One GReaTer step: {args.examples} examples of {args.task}, {args.tokens} reasoning "
           "tokens, SmolLM2-135M, CPU, HF generate\n")
     print("| precision | reason (1 prompt) | propose | gradient | select (3 prompts) | "

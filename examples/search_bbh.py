@@ -12,7 +12,9 @@ import argparse
 import logging
 
 import dspy_greater
-from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+from dspy_greater.adapters.hf import HFGradientModel
+from dspy_greater.adapters.lm import make_reasoner
+from dspy_greater.adapters.same_model import check_same_model
 from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
 from dspy_greater.search import GreaterConfig, run_greater
 
@@ -27,6 +29,8 @@ def main() -> None:
     parser.add_argument("--placement", choices=["after_question", "before_question"],
                         default="after_question")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto",
+                        help="reasoner: vLLM when installed (auto), or transformers")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -44,10 +48,12 @@ def main() -> None:
 
     path = dspy_greater.default_model()
     model = HFGradientModel(path, dtype=args.dtype)
+    reasoner = make_reasoner(path, backend=args.backend, dtype=args.dtype)
+    check_same_model(reasoner, model)
     result = run_greater(
         train, initial_prompt=PAPER_PROMPT, config=config,
         renderer=ChatTemplateRenderer(model.tokenizer, placement=args.placement),
-        reasoner=HFReasoner(path, dtype=args.dtype, batch_size=config.num_examples),
+        reasoner=reasoner,
         gradient_model=model,
     )
 
@@ -62,5 +68,5 @@ def main() -> None:
         print(f"  {score.value:.3f} (mistakes {score.mistake_rate:.2f}): {text!r}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM starts worker processes with spawn: keep this guard
     main()
