@@ -16,7 +16,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .adapters.base import GradientModel, Reasoner, RenderedExample, Renderer
@@ -112,9 +112,6 @@ class GreaterResult:
     top_prompts: list[tuple[str, Prompt, PromptScore]]
     history: list[StepRecord] = field(default_factory=list)
     setup_seconds: dict[str, float] = field(default_factory=dict)  # the initial prompt's phases
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def readable_tokens(vocab: Sequence[str], special_ids: frozenset[int]) -> frozenset[int]:

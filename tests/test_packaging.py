@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,11 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_contents_and_a_normal_install_import(tmp_path):
+    # setuptools stages files in ./build and keeps what it staged before: start clean.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(tmp_path / "dist"), str(ROOT)],
         check=True, capture_output=True,
     )
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     [wheel] = (tmp_path / "dist").glob("dspy_greater-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "dspy_greater/adapters/__init__.py" in names
