@@ -180,5 +180,10 @@ class Renderer(Protocol):
         """The token ids ``prompt`` has in ``example``'s rendered context."""
         ...
 
+    def messages(self, prompt_ids: Sequence[int], example: Any) -> Conversation:
+        """The chat messages whose chat-template rendering is ``render(...).context``: what a
+        reasoner (local or a server) is asked to continue."""
+        ...
+
     def decode_prompt(self, prompt_ids: Sequence[int]) -> str:
         ...

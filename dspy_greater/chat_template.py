@@ -93,6 +93,9 @@ class ChatTemplateRenderer:
         context, slot = self.context(prompt, example)
         return context[slot]
 
+    def messages(self, prompt_ids: Sequence[int], example: Any) -> Conversation:
+        return self.conversation(self.decode_prompt(prompt_ids), example)
+
     def decode_prompt(self, prompt_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(prompt_ids))
 

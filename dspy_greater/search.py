@@ -211,8 +211,11 @@ class _Search:
                 if (p, i) not in self.reasoning]
         if not todo:
             return
-        contexts = [self.renderer.render(p, self.examples[i]).context for p, i in todo]
-        completions = self.reasoner.generate(contexts, max_new_tokens=self.config.max_reasoning_tokens)
+        # As chat messages, so that a server reasoner works too; local reasoners tokenize them
+        # exactly as the renderer does.
+        conversations = [self.renderer.messages(p, self.examples[i]) for p, i in todo]
+        completions = self.reasoner.chat(conversations,
+                                         max_new_tokens=self.config.max_reasoning_tokens)
         for key, completion in zip(todo, completions):
             self.reasoning[key] = completion.token_ids
 

@@ -77,3 +77,16 @@ def test_bad_inputs_are_named(tokenizer):
     ids = renderer.encode_prompt("Think.", QA("Q?", "yes"))
     with pytest.raises(ValueError, match="tokenizes to nothing"):
         renderer.render(ids, QA("Q?", "  "))
+
+
+@pytest.mark.parametrize("placement", ["after_question", "before_question"])
+def test_messages_render_to_the_context(tokenizer, placement):
+    """Reasoners are sent messages; their chat-template tokens must be the rendered context."""
+    from dspy_greater.adapters.base import chat_prompt_ids
+
+    renderer = ChatTemplateRenderer(tokenizer, placement=placement)
+    example = QA("Is Messi a footballer?", "yes")
+    ids = renderer.encode_prompt("Think it through, then answer.", example)
+    [from_messages] = chat_prompt_ids(tokenizer, [renderer.messages(ids, example)],
+                                      continue_final_message=False)
+    assert tuple(from_messages) == renderer.render(ids, example).context
