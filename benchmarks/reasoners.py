@@ -1,4 +1,4 @@
-"""One GReaTer step with the HF `generate` reasoner vs the offline vLLM reasoner (SmolLM2, CPU).
+"""One GReaTer step with HF `generate`, the offline vLLM engine and a vLLM server (SmolLM2, CPU).
 
 8 examples, 128 reasoning tokens, shortlist of 3, same gradient model (fp32) for both. Each
 reasoner runs in its own process. Prints a Markdown table: time per phase, the whole step, the
@@ -17,6 +17,19 @@ import time
 
 
 def one_step(backend: str, examples: int, tokens: int, dtype: str) -> dict:
+    if backend == "server":
+        import dspy_greater
+        from dspy_greater.adapters.server import launch_vllm_server
+
+        with launch_vllm_server(dspy_greater.default_model(), served_name="smollm2",
+                                dtype=dtype) as base:
+            return _one_step(backend, examples, tokens, dtype, base)
+    return _one_step(backend, examples, tokens, dtype, None)
+
+
+def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str | None) -> dict:
+    import dspy
+
     import dspy_greater
     from dspy_greater.adapters.hf import HFGradientModel
     from dspy_greater.adapters.lm import make_reasoner
@@ -27,20 +40,26 @@ def one_step(backend: str, examples: int, tokens: int, dtype: str) -> dict:
     data = dspy_greater.split(dspy_greater.load_bbh("sports_understanding"), train=examples,
                               dev=0).train
     started = time.perf_counter()
-    kwargs = {"batch_size": examples} if backend == "hf" else {}
-    reasoner = make_reasoner(path, backend=backend, dtype=dtype, **kwargs)
+    if server is not None:
+        from dspy_greater.adapters.server import ServerReasoner
+
+        lm = dspy.LM("hosted_vllm/smollm2", api_base=server, api_key="none", cache=False)
+        reasoner = ServerReasoner(lm, tokenizer=path)
+    else:
+        kwargs = {"batch_size": examples} if backend == "hf" else {}
+        reasoner = make_reasoner(path, backend=backend, dtype=dtype, **kwargs)
     start_seconds = time.perf_counter() - started
     model = HFGradientModel(path)
     generated = 0
-    generate = reasoner.generate
+    chat = reasoner.chat
 
-    def counting(prompts, **kw):  # count the tokens the step generates
+    def counting(conversations, **kw):  # count the tokens the step generates
         nonlocal generated
-        outs = generate(prompts, **kw)
+        outs = chat(conversations, **kw)
         generated += sum(len(o.token_ids) for o in outs)
         return outs
 
-    reasoner.generate = counting
+    reasoner.chat = counting
     config = GreaterConfig.cpu(steps=1, num_examples=examples, max_reasoning_tokens=tokens)
     started = time.perf_counter()
     result = run_greater(data, initial_prompt=PAPER_PROMPT, config=config,
@@ -62,7 +81,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--backends", default="hf,vllm")
+    parser.add_argument("--backends", default="hf,vllm,server")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -86,11 +105,11 @@ def main() -> None:
         print(f"| {r['backend']} | {r['engine_start']:.0f} s | {r['reason']:.1f} s | "
               f"{r['propose']:.1f} s | {r['gradient']:.1f} s | {r['select']:.1f} s | "
               f"{r['total']:.1f} s | {r['tokens']} | {r['tokens_per_s']:.0f} | {hits} |")
-    if len(rows) == 2:
-        a, b = rows
-        gen = lambda r: r["reason"] + r["select"]  # noqa: E731
-        print(f"\n{b['backend']} vs {a['backend']}: generation phases {gen(a) / gen(b):.1f}x "
-              f"faster, whole step {a['total'] / b['total']:.1f}x")
+    gen = lambda r: r["reason"] + r["select"]  # noqa: E731
+    base = rows[0]
+    for r in rows[1:]:
+        print(f"\n{r['backend']} vs {base['backend']}: generation phases "
+              f"{gen(base) / gen(r):.1f}x faster, whole step {base['total'] / r['total']:.1f}x")
 
 
 if __name__ == "__main__":
