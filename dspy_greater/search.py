@@ -352,6 +352,7 @@ def _step(search: _Search, prompt: Prompt, position: int, step: int, rng: random
 
     clock = time.perf_counter()
     search.reason([swap(c) for c in shortlist])
+    seconds["select_generation"] = time.perf_counter() - clock  # part of "select"
     scores = {c: search.score(swap(c)) for c in shortlist}
     selected = select(scores)
     seconds["select"] = time.perf_counter() - clock

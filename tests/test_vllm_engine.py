@@ -76,3 +76,18 @@ def test_cpu_defaults_respect_the_user(monkeypatch):
     applied = apply_cpu_defaults(env)
     assert applied["VLLM_CPU_KVCACHE_SPACE"] == "7"
     assert applied["VLLM_CPU_OMP_THREADS_BIND"].startswith("0")
+
+
+def test_missing_vllm_names_the_extra(monkeypatch, tiny_model, caplog):
+    import sys
+
+    from dspy_greater.adapters.lm import make_reasoner
+    from dspy_greater.adapters.vllm_engine import VLLMNotInstalled, import_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what Python does for a missing package
+    with pytest.raises(VLLMNotInstalled, match=r"dspy-greater\[cpu\]"):
+        import_vllm()
+    with caplog.at_level("WARNING", logger="dspy_greater.adapters.lm"):
+        reasoner = make_reasoner(tiny_model)  # auto: falls back to transformers, and says so
+    assert isinstance(reasoner, HFReasoner)
+    assert any("vLLM is not installed" in r.getMessage() for r in caplog.records)
