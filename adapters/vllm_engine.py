@@ -86,7 +86,8 @@ class VLLMReasoner:
 
     ``enforce_eager`` defaults to True on CPU (the engine starts in ~25 s instead of ~2 min; the
     compiled engine is ~1.4× faster and pays off only past tens of thousands of tokens) and False
-    on GPU. ``engine_kwargs`` pass through to ``vllm.LLM``.
+    on GPU. ``log_stats`` turns on vLLM's metrics (needed by :meth:`prefix_cache_hit_rate`; vLLM
+    then also logs throughput every 10 s). ``engine_kwargs`` pass through to ``vllm.LLM``.
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class VLLMReasoner:
         max_model_len: int = 4096,
         seed: int = 0,
         progress: bool = False,
+        log_stats: bool = False,
         **engine_kwargs: Any,
     ) -> None:
         vllm = import_vllm()
@@ -106,17 +108,20 @@ class VLLMReasoner:
             apply_cpu_defaults()
         if enforce_eager is None:
             enforce_eager = _on_cpu()
-        key = (path, dtype, enforce_eager, max_model_len, seed, tuple(sorted(engine_kwargs.items())))
+        key = (path, dtype, enforce_eager, max_model_len, seed, log_stats,
+               tuple(sorted(engine_kwargs.items())))
         if key not in _ENGINES:
             logger.info("Starting the vLLM engine for %s (%s, eager=%s).", path, dtype, enforce_eager)
             _ENGINES[key] = vllm.LLM(
                 path, dtype=dtype, enforce_eager=enforce_eager, max_model_len=max_model_len,
-                seed=seed, enable_prefix_caching=True, disable_log_stats=False, **engine_kwargs)
+                seed=seed, enable_prefix_caching=True, disable_log_stats=not log_stats,
+                **engine_kwargs)
         self._key = key
         self.llm = _ENGINES[key]
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
         self.progress = progress
+        self.log_stats = log_stats
         self._sampling = vllm.SamplingParams
         self._eos = {i for i in (self.tokenizer.eos_token_id,
                                  getattr(self.llm.llm_engine.model_config.hf_config,
@@ -167,7 +172,10 @@ class VLLMReasoner:
         return [entry[token].logprob for entry, token in zip(output.prompt_logprobs[1:], ids[1:])]
 
     def prefix_cache_hit_rate(self) -> float | None:
-        """Share of prompt tokens served from the prefix cache since the engine started."""
+        """Share of prompt tokens served from the prefix cache since the engine started (None
+        unless the reasoner was built with ``log_stats=True``)."""
+        if not self.log_stats:
+            return None
         counts = {m.name: getattr(m, "value", None) for m in self.llm.get_metrics()}
         queries = counts.get("vllm:prefix_cache_queries")
         hits = counts.get("vllm:prefix_cache_hits")

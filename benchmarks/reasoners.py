@@ -46,9 +46,10 @@ def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str 
         lm = dspy.LM("hosted_vllm/smollm2", api_base=server, api_key="none", cache=False)
         reasoner = ServerReasoner(lm, tokenizer=path)
     elif backend == "vllm-compiled":
-        reasoner = make_reasoner(path, backend="vllm", dtype=dtype, enforce_eager=False)
+        reasoner = make_reasoner(path, backend="vllm", dtype=dtype, enforce_eager=False,
+                                 log_stats=True)
     else:
-        kwargs = {"batch_size": examples} if backend == "hf" else {}
+        kwargs = {"batch_size": examples} if backend == "hf" else {"log_stats": True}
         reasoner = make_reasoner(path, backend=backend, dtype=dtype, **kwargs)
     start_seconds = time.perf_counter() - started
     model = HFGradientModel(path)

@@ -59,7 +59,7 @@ def vllm_reasoner(smollm2: Path):
     """The offline vLLM reasoner on the embedded model (one engine for the whole session)."""
     from dspy_greater.adapters.vllm_engine import VLLMReasoner
 
-    reasoner = VLLMReasoner(smollm2, dtype="float32", max_model_len=2048)
+    reasoner = VLLMReasoner(smollm2, dtype="float32", max_model_len=2048, log_stats=True)
     yield reasoner
     reasoner.close()  # now, not at exit after pytest closed its streams
 
