@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .adapters.base import GradientModel, Reasoner, RenderedExample, Renderer
+from .adapters.same_model import check_same_model
 
 logger = logging.getLogger(__name__)
 
@@ -265,11 +266,15 @@ def run_greater(
     config: GreaterConfig | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
     progress: bool = True,
+    check_models: bool = True,
 ) -> GreaterResult:
     """Run the GReaTer search on ``examples`` from ``initial_prompt``; return the best prompts.
 
     ``examples`` are whatever ``renderer`` renders (objects with ``question`` and ``answer`` for
-    the chat-template renderer). ``on_step`` is called after every step with its record.
+    the chat-template renderer). ``on_step`` is called after every step with its record. With
+    ``check_models`` the run first checks that the reasoner and the gradient model are one model
+    (:func:`check_same_model`; skipped, with a log line, for a reasoner that cannot report
+    log-probabilities, such as a server).
     """
     config = config or GreaterConfig()
     examples = list(examples)[: config.num_examples]
@@ -281,6 +286,12 @@ def run_greater(
     if not initial_prompt.strip():
         raise ValueError("The initial prompt is empty; start from a sentence such as "
                          "'Use proper logical reasoning and think step by step.'")
+    if check_models:
+        try:
+            check_same_model(reasoner, gradient_model)
+        except (NotImplementedError, AttributeError) as exc:
+            logger.warning("Could not check that the reasoner is the gradient model's weights "
+                           "(%s); check it with a local reasoner on the same folder.", exc)
     search = _Search(config, examples, renderer, reasoner, gradient_model)
     rng = random.Random(config.seed)
     initial = prompt = tuple(renderer.encode_prompt(initial_prompt, examples[0]))

@@ -139,3 +139,13 @@ def test_bad_inputs_have_clear_errors(tiny_model, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(DeviceUnavailable, match="no CUDA GPU"):
             HFGradientModel(tiny_model, device="cuda")
+
+
+def test_a_run_refuses_a_reasoner_that_is_another_model(smollm2, tiny_model):
+    from dspy_greater.adapters.same_model import ModelMismatch
+
+    model = HFGradientModel(tiny_model)  # SmolLM2's tokenizer, random weights
+    with pytest.raises(ModelMismatch, match="not the same weights"):
+        run_greater(TINY_EXAMPLES, initial_prompt="Think step by step", config=GreaterConfig(steps=1),
+                    renderer=ChatTemplateRenderer(model.tokenizer), reasoner=HFReasoner(smollm2),
+                    gradient_model=model, progress=False)
