@@ -111,6 +111,31 @@ def chat_prompt_ids(
     return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
 
 
+class TemplateChat:
+    """``chat()`` for reasoners that generate from token ids: render each conversation with the
+    reasoner's ``tokenizer`` (:func:`chat_prompt_ids`), then call its ``generate``."""
+
+    tokenizer: Any
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[Completion]:
+        raise NotImplementedError
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        continue_final_message: bool = False,
+    ) -> list[Completion]:
+        """Complete each conversation greedily; see :class:`Reasoner`."""
+        ids = chat_prompt_ids(self.tokenizer, conversations,
+                              continue_final_message=continue_final_message)
+        return self.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
+
+
 @runtime_checkable
 class GradientModel(Protocol):
     """A local differentiable model: proposals, one-hot gradients and exact scores at a slot."""

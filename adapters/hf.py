@@ -11,7 +11,7 @@ from typing import Any
 
 from dspy_greater.errors import DeviceUnavailable
 
-from .base import Completion, Conversation, ExampleScore, RenderedExample, chat_prompt_ids
+from .base import Completion, ExampleScore, RenderedExample, TemplateChat
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _prompt_logprobs(model: Any, ids: Sequence[int], device: str) -> list[float]
     return torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0].tolist()
 
 
-class HFReasoner:
+class HFReasoner(TemplateChat):
     """Greedy batched generation with ``transformers``' ``generate`` (left padding)."""
 
     def __init__(
@@ -93,19 +93,6 @@ class HFReasoner:
         self.device = device
         self.batch_size = batch_size
         self._eos = _eos_ids(self.model, self.tokenizer)
-
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        *,
-        max_new_tokens: int,
-        stop: Sequence[str] = (),
-        continue_final_message: bool = False,
-    ) -> list[Completion]:
-        """Complete each conversation greedily; see :class:`adapters.base.Reasoner`."""
-        ids = chat_prompt_ids(self.tokenizer, conversations,
-                              continue_final_message=continue_final_message)
-        return self.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
         return _prompt_logprobs(self.model, ids, self.device)

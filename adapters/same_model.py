@@ -7,6 +7,8 @@ from typing import Any
 
 from dspy_greater.errors import GreaterError
 
+from .base import chat_prompt_ids
+
 logger = logging.getLogger(__name__)
 
 PROBE = [
@@ -30,11 +32,8 @@ def check_same_model(reasoner: Any, gradient_model: Any) -> float:
     if template_a != template_b:
         raise ModelMismatch("The reasoner's and the gradient model's chat templates differ; "
                             "load both from the same model folder.")
-    ids_a = reasoner.tokenizer.apply_chat_template(PROBE, tokenize=False, continue_final_message=True)
-    ids_a = reasoner.tokenizer(ids_a, add_special_tokens=False)["input_ids"]
-    ids_b = gradient_model.tokenizer.apply_chat_template(PROBE, tokenize=False,
-                                                         continue_final_message=True)
-    ids_b = gradient_model.tokenizer(ids_b, add_special_tokens=False)["input_ids"]
+    [ids_a] = chat_prompt_ids(reasoner.tokenizer, [PROBE], continue_final_message=True)
+    [ids_b] = chat_prompt_ids(gradient_model.tokenizer, [PROBE], continue_final_message=True)
     if ids_a != ids_b:
         raise ModelMismatch("The reasoner's and the gradient model's tokenizers disagree on a probe; "
                             "load both from the same model folder.")

@@ -13,7 +13,7 @@ from typing import Any
 
 from dspy_greater.errors import GreaterError
 
-from .base import Completion, Conversation, chat_prompt_ids
+from .base import Completion, TemplateChat
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-class VLLMReasoner:
+class VLLMReasoner(TemplateChat):
     """Greedy batched generation on ``vllm.LLM``: prefix caching on, one call per batch.
 
     ``enforce_eager`` defaults to True on CPU (the engine starts in ~25 s instead of ~2 min; the
@@ -152,19 +152,6 @@ class VLLMReasoner:
             reason = "length" if out.finish_reason == "length" else "stop"
             completions.append(Completion(text=out.text, token_ids=tuple(ids), finish_reason=reason))
         return completions
-
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        *,
-        max_new_tokens: int,
-        stop: Sequence[str] = (),
-        continue_final_message: bool = False,
-    ) -> list[Completion]:
-        """Complete each conversation greedily; see :class:`adapters.base.Reasoner`."""
-        ids = chat_prompt_ids(self.tokenizer, conversations,
-                              continue_final_message=continue_final_message)
-        return self.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
         params = self._sampling(temperature=0.0, max_tokens=1, prompt_logprobs=0)
