@@ -193,7 +193,12 @@ class Renderer(Protocol):
     """Turns (prompt ids, example, reasoning ids) into a :class:`RenderedExample`.
 
     The plain chat-template renderer and DSPy's adapter are two implementations.
+    ``continue_final_message`` and ``stop`` say how a reasoner completes ``messages()``: whether
+    their last (assistant) message is continued, and where the reasoning ends.
     """
+
+    continue_final_message: bool
+    stop: tuple[str, ...]
 
     def render(
         self, prompt_ids: Sequence[int], example: Any, reasoning_ids: Sequence[int] = ()

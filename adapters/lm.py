@@ -10,6 +10,7 @@ requests for a few milliseconds and sends them to the model as one batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import queue
@@ -22,6 +23,8 @@ from typing import Any
 
 import dspy
 from dspy.lm15 import Message, Response, Usage, response_to_events
+
+from dspy_greater.errors import GreaterError
 
 from .base import Completion, Conversation, Reasoner, chat_prompt_ids
 
@@ -53,6 +56,7 @@ class _Job:
     ids: list[int]
     max_tokens: int
     stop: tuple[str, ...]
+    schema: str | None  # a JSON schema (serialized) the completion must follow
     future: Future
 
 
@@ -60,7 +64,8 @@ class LocalEngine:
     """``complete(Request) -> Response`` for ``dspy.LM(engine=...)`` over a local reasoner.
 
     Greedy decoding only (a ``temperature`` above 0 is ignored, with one warning). A conversation
-    that ends with an assistant message is continued, not answered anew. Copies share the engine:
+    that ends with an assistant message is continued, not answered anew. A ``response_format``
+    with a JSON schema constrains the completion (vLLM reasoners only). Copies share the engine:
     a deep-copied DSPy program must not copy model weights.
     """
 
@@ -87,11 +92,16 @@ class LocalEngine:
                            config.temperature)
         max_tokens = (config.max_tokens if config is not None else None) or DEFAULT_MAX_TOKENS
         stop = tuple(config.stop or ()) if config is not None else ()
+        schema = _json_schema(config.response_format if config is not None else None)
+        if schema is not None and not getattr(self.reasoner, "supports_json_schema", False):
+            raise GreaterError(
+                f"{type(self.reasoner).__name__} cannot constrain generation to a JSON schema "
+                "(response_format); use the vLLM backend (pip install dspy-greater[cpu] or [vllm]).")
         continuing = conversation[-1]["role"] == "assistant"
         [ids] = chat_prompt_ids(self.reasoner.tokenizer, [conversation],  # type: ignore[attr-defined]
                                 continue_final_message=continuing)
         future: Future = Future()
-        self._jobs.put(_Job(ids, max_tokens, stop, future))
+        self._jobs.put(_Job(ids, max_tokens, stop, schema, future))
         completion: Completion = future.result()
         return Response(
             id=None, model=request.model, message=Message.assistant(completion.text),
@@ -114,14 +124,15 @@ class LocalEngine:
                     jobs.append(self._jobs.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
-            groups: dict[tuple[int, tuple[str, ...]], list[_Job]] = {}
+            groups: dict[tuple[int, tuple[str, ...], str | None], list[_Job]] = {}
             for job in jobs:
-                groups.setdefault((job.max_tokens, job.stop), []).append(job)
-            for (max_tokens, stop), group in groups.items():
+                groups.setdefault((job.max_tokens, job.stop, job.schema), []).append(job)
+            for (max_tokens, stop, schema), group in groups.items():
                 self.batch_sizes.append(len(group))
+                options = {} if schema is None else {"json_schema": json.loads(schema)}
                 try:
                     outs = self.reasoner.generate([j.ids for j in group], max_new_tokens=max_tokens,
-                                                  stop=stop)
+                                                  stop=stop, **options)
                 except Exception as exc:  # hand the failure to every caller of the batch
                     for job in group:
                         job.future.set_exception(exc)
@@ -148,6 +159,19 @@ class AsyncLocalEngine:
 
     async def aclose(self) -> None:
         """Nothing to release (see :meth:`LocalEngine.close`)."""
+
+
+def _json_schema(response_format: Any) -> str | None:
+    """The JSON schema of an OpenAI-style ``response_format`` (serialized, to group jobs by it);
+    None for no format. Other formats (``json_object``, pydantic classes) are refused."""
+    if response_format is None:
+        return None
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        schema = response_format.get("schema") or response_format.get("json_schema", {}).get("schema")
+        if isinstance(schema, dict):
+            return json.dumps(schema, sort_keys=True)
+    raise GreaterError(f"Local engines take response_format={{'type': 'json_schema', ...}} only, "
+                       f"got {response_format!r}.")
 
 
 def _conversation(request: Any) -> Conversation:

@@ -127,10 +127,21 @@ class VLLMReasoner(TemplateChat):
                                  getattr(self.llm.llm_engine.model_config.hf_config,
                                          "eos_token_id", None)) if isinstance(i, int)}
 
+    supports_json_schema = True
+
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = ()
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        json_schema: dict[str, Any] | None = None,
     ) -> list[Completion]:
-        """Continue every token-id prompt greedily, in one vLLM call."""
+        """Continue every token-id prompt greedily, in one vLLM call.
+
+        With ``json_schema`` the completions are constrained to JSON that the schema accepts
+        (vLLM's structured outputs), e.g. ``{"enum": ["True", "False"]}``.
+        """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         for index, prompt in enumerate(prompts):
@@ -140,7 +151,13 @@ class VLLMReasoner(TemplateChat):
                     f"exceeds the context length {self.max_model_len}. Shorten it, lower the "
                     "reasoning budget, or raise max_model_len."
                 )
-        params = self._sampling(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None)
+        structured = None
+        if json_schema is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            structured = StructuredOutputsParams(json=json_schema)
+        params = self._sampling(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None,
+                                structured_outputs=structured)
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params,
                                     use_tqdm=self.progress)
         completions = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .adapters.base import Conversation, RenderedExample
 from .errors import SlotError
@@ -22,6 +22,29 @@ PAPER_PROMPT = (
 PAPER_EXTRACTOR = "\nTherefore, the final answer is"
 
 Placement = Literal["after_question", "before_question"]
+
+
+def token_span(tokenizer: Any, text: str, start: int, end: int) -> tuple[tuple[int, ...], slice]:
+    """Token ids of ``text`` and the span of tokens covering ``text[start:end]`` (the prompt).
+
+    The span comes from the tokenizer's offsets, not from a search for the prompt's tokens; a
+    prompt that merges with its neighbours into one token is refused (:class:`SlotError`).
+    """
+    prompt = text[start:end]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    inside = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+    straddling = [i for i in inside if offsets[i][0] < start or offsets[i][1] > end]
+    if straddling:
+        token = tokenizer.decode([encoded["input_ids"][straddling[0]]])
+        raise SlotError(
+            f"The prompt {prompt!r} merges with the text around it into the token {token!r}, "
+            "so its tokens cannot be optimized alone. Separate it (e.g. start it with a "
+            "letter after the separator, end it with punctuation)."
+        )
+    if not inside:
+        raise SlotError(f"The prompt {prompt!r} covers no token of the rendered text.")
+    return tuple(encoded["input_ids"]), slice(inside[0], inside[-1] + 1)
 
 
 @dataclass
@@ -37,6 +60,9 @@ class ChatTemplateRenderer:
     separator: str = "\n\n"
     system: str | None = None
     _answer_cache: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    # How a reasoner continues ``messages()``: a new assistant turn, up to the token budget.
+    continue_final_message: ClassVar[bool] = False
+    stop: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         if self.placement not in ("after_question", "before_question"):
@@ -73,20 +99,8 @@ class ChatTemplateRenderer:
         if rendered.count(SENTINEL) != 1:
             raise SlotError("The chat template did not render the prompt slot exactly once.")
         start = rendered.index(SENTINEL)
-        end = start + len(prompt)
-        text = rendered.replace(SENTINEL, prompt)
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        inside = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a < end and b > start]
-        straddling = [i for i in inside if encoded["offset_mapping"][i][0] < start
-                      or encoded["offset_mapping"][i][1] > end]
-        if straddling:
-            token = self.tokenizer.decode([encoded["input_ids"][straddling[0]]])
-            raise SlotError(
-                f"The prompt {prompt!r} merges with the text around it into the token {token!r}, "
-                "so its tokens cannot be optimized alone. Separate it (e.g. start it with a "
-                "letter after the separator, end it with punctuation)."
-            )
-        return tuple(encoded["input_ids"]), slice(inside[0], inside[-1] + 1)
+        return token_span(self.tokenizer, rendered.replace(SENTINEL, prompt), start,
+                          start + len(prompt))
 
     def encode_prompt(self, prompt: str, example: Any) -> tuple[int, ...]:
         """The token ids ``prompt`` has in ``example``'s rendered context."""

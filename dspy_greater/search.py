@@ -215,8 +215,9 @@ class _Search:
         # As chat messages, so that a server reasoner works too; local reasoners tokenize them
         # exactly as the renderer does.
         conversations = [self.renderer.messages(p, self.examples[i]) for p, i in todo]
-        completions = self.reasoner.chat(conversations,
-                                         max_new_tokens=self.config.max_reasoning_tokens)
+        completions = self.reasoner.chat(
+            conversations, max_new_tokens=self.config.max_reasoning_tokens,
+            stop=self.renderer.stop, continue_final_message=self.renderer.continue_final_message)
         for key, completion in zip(todo, completions):
             self.reasoning[key] = completion.token_ids
 

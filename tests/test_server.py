@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
@@ -14,6 +16,14 @@ from dspy_greater.adapters.server import (
 )
 
 SERVED_NAME = "smollm2"
+
+
+class YesNo(dspy.Signature):
+    """Answer yes or no."""
+
+    question: str = dspy.InputField()
+    answer: Literal["yes", "no"] = dspy.OutputField()
+
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colours."}],
@@ -68,3 +78,23 @@ def test_a_port_in_use_is_refused(server, smollm2):
     with pytest.raises(ServerUnavailable, match=f"Port {port} .* already in use"):
         with launch_vllm_server(smollm2, served_name="again", port=port):
             pass
+
+
+@pytest.mark.parametrize("model", [f"hosted_vllm/{SERVED_NAME}", f"openai/{SERVED_NAME}"])
+def test_the_forced_extraction_adapter_runs_on_the_server(server, vllm_reasoner, model):
+    from dspy_greater.adapters.lm import local_lm
+    from dspy_greater.extract import ForcedExtractionAdapter
+
+    questions = ["Is Paris in France?", "Is the sun cold?"]
+    program = dspy.ChainOfThought(YesNo)
+    remote_lm = dspy.LM(model, api_base=server, api_key="none", cache=False, max_tokens=24,
+                       temperature=0.0)
+    predictions = {}
+    for name, lm in (("server", remote_lm),
+                     ("local", local_lm(reasoner=vllm_reasoner, max_tokens=24, cache=False))):
+        with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
+            predictions[name] = [program(question=q) for q in questions]
+    assert all(p.answer in ("yes", "no") for p in predictions["server"])
+    # The server continued the forced headers exactly as the local engine did.
+    assert [(p.reasoning, p.answer) for p in predictions["server"]] == \
+        [(p.reasoning, p.answer) for p in predictions["local"]]
