@@ -175,14 +175,22 @@ class VLLMReasoner(TemplateChat):
         [output] = self.llm.generate([{"prompt_token_ids": list(ids)}], params, use_tqdm=False)
         return [entry[token].logprob for entry, token in zip(output.prompt_logprobs[1:], ids[1:])]
 
-    def prefix_cache_hit_rate(self) -> float | None:
-        """Share of prompt tokens served from the prefix cache since the engine started (None
-        unless the reasoner was built with ``log_stats=True``)."""
+    def prefix_cache_counts(self) -> tuple[int, int] | None:
+        """(prompt tokens looked up, tokens found) in the prefix cache since the engine started
+        (None unless the reasoner was built with ``log_stats=True``)."""
         if not self.log_stats:
             return None
         counts = {m.name: getattr(m, "value", None) for m in self.llm.get_metrics()}
-        queries = counts.get("vllm:prefix_cache_queries")
-        hits = counts.get("vllm:prefix_cache_hits")
+        return int(counts.get("vllm:prefix_cache_queries") or 0), int(
+            counts.get("vllm:prefix_cache_hits") or 0)
+
+    def prefix_cache_hit_rate(self) -> float | None:
+        """Share of prompt tokens served from the prefix cache since the engine started (None
+        unless the reasoner was built with ``log_stats=True``)."""
+        counts = self.prefix_cache_counts()
+        if counts is None:
+            return None
+        queries, hits = counts
         return hits / queries if queries else None
 
     def close(self) -> None:

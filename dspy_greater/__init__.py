@@ -22,6 +22,8 @@ _LAZY = {
     "standard_error": "data",
     "shipped_bbh_tasks": "data",
     "GreaterError": "errors",
+    "ForcedExtractionAdapter": "extract",
+    "AdapterRenderer": "extract",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
         standard_error,
     )
     from .errors import GreaterError
+    from .extract import AdapterRenderer, ForcedExtractionAdapter
     from .models import cache_dir, default_model
 
 

@@ -432,11 +432,12 @@ class AdapterRenderer:
         return self._messages(self.decode_prompt(prompt_ids), example, {}, self.reasoning_field)
 
     def decode_prompt(self, prompt_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(prompt_ids))
+        # Instructions are rendered stripped; a leading space is the indentation's (below).
+        return self.tokenizer.decode(list(prompt_ids)).strip()
 
     def _context(self, prompt: str, example: Any, values: dict[str, str], field: str
                  ) -> tuple[str, tuple[int, ...], slice]:
-        if not prompt:
+        if not prompt.strip():
             raise SlotError("The instructions are empty; start from a non-empty prompt.")
         marked = self.tokenizer.apply_chat_template(
             self._messages(_OPEN + prompt + _CLOSE, example, values, field), tokenize=False,
@@ -449,6 +450,10 @@ class AdapterRenderer:
         if text[start:end] != prompt:
             raise SlotError(f"The adapter renders the instructions {prompt!r} as "
                             f"{text[start:end]!r}; use single-line instructions.")
+        if start > 0 and text[start - 1] == " " and not prompt[0].isspace():
+            # ChatAdapter indents the instructions; BPE tokenizers fold the space before a
+            # word into the word's token, so that space belongs to the slot's first token.
+            start -= 1
         ids, slot = token_span(self.tokenizer, text, start, end)
         return text, ids, slot
 

@@ -302,3 +302,28 @@ def test_the_renderer_needs_a_reasoning_and_an_answer_field(smollm2):
     with pytest.raises(SlotError, match="ChainOfThought"):
         AdapterRenderer(dspy.Predict("question -> answer").signature, tokenizer,
                         ForcedExtractionAdapter())
+
+
+@pytest.mark.parametrize("instructions", ["system", "after_inputs"])
+def test_the_search_runs_on_the_adapter_renderer(tiny_model, instructions):
+    """Mechanics on the tiny model: the search reasons by continuing the forced reasoning
+    header, stops at the next header, and optimizes the signature's instructions."""
+    from dspy_greater.search import GreaterConfig, run_greater
+
+    model = HFGradientModel(tiny_model)
+    signature = dspy.ChainOfThought("question -> answer").predict.signature
+    renderer = AdapterRenderer(signature, model.tokenizer,
+                               ForcedExtractionAdapter(instructions=instructions))
+    examples = [dspy.Example(question=f"Is {n} even?", answer="yes" if n % 2 == 0 else "no")
+                for n in range(4)]
+    config = GreaterConfig(steps=2, top_k=6, subset_size=2, num_subsets=2,
+                           max_reasoning_tokens=6, seed=0, max_prompt_tokens=8)
+    result = run_greater(examples, initial_prompt="Think step by step.", config=config,
+                         renderer=renderer, reasoner=HFReasoner(tiny_model, batch_size=4),
+                         gradient_model=model, progress=False)
+    assert len(result.history) == 2
+    assert result.initial_prompt == "Think step by step."
+    # The best prompt renders as the signature's instructions, wherever they are placed.
+    item = renderer.render(result.best_ids, examples[0])
+    assert renderer.decode_prompt(item.prompt_ids) == result.best_prompt
+    assert result.best_prompt in str(renderer.messages(result.best_ids, examples[0]))

@@ -57,11 +57,13 @@ def test_prefix_cache_is_used(vllm_reasoner):
     # Caching works on whole KV blocks: share a long prefix, as GReaTer's candidates do.
     shared = "Answer the question after thinking it through carefully. " * 40
     conversations = [[{"role": "system", "content": shared}, *conv[-1:]] for conv in CONVERSATIONS]
-    before = vllm_reasoner.prefix_cache_hit_rate() or 0.0
     vllm_reasoner.chat(conversations, max_new_tokens=2)
+    queries, hits = vllm_reasoner.prefix_cache_counts()
     vllm_reasoner.chat(conversations, max_new_tokens=2)
-    rate = vllm_reasoner.prefix_cache_hit_rate()
-    assert rate is not None and rate > before
+    queries_after, hits_after = vllm_reasoner.prefix_cache_counts()
+    # The engine is shared by the session: look at this call's lookups only.
+    assert (hits_after - hits) / (queries_after - queries) > 0.5
+    assert vllm_reasoner.prefix_cache_hit_rate() > 0
 
 
 def test_same_model_check_accepts_one_model_and_refuses_another(smollm2, tiny_model, vllm_reasoner):
