@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,8 @@ from .adapters.same_model import check_same_model
 logger = logging.getLogger(__name__)
 
 Prompt = tuple[int, ...]
+# Scores a prompt from its rendered examples (the reasoning already generated); lower is better.
+Scorer = Callable[["Prompt", "Sequence[RenderedExample]"], "PromptScore"]
 # The paper's readability filter: letters and spaces, or exactly "." or ",".
 _READABLE = re.compile(r"[A-Za-z ]+|[.,]")
 
@@ -115,6 +117,25 @@ class GreaterResult:
     setup_seconds: dict[str, float] = field(default_factory=dict)  # the initial prompt's phases
 
 
+@dataclass
+class SearchState:
+    """Where a search stands between two steps: enough to continue it exactly.
+
+    ``scores`` holds every prompt scored so far (the best few are chosen from them);
+    ``rng_state`` is ``random.Random.getstate()``. With the reasoning chains kept too (the
+    ``reasoning_cache`` of :func:`run_greater`), a continued run equals an uninterrupted one.
+    """
+
+    steps_done: int
+    prompt: Prompt
+    position: int
+    rng_state: Any
+    history: list[StepRecord]
+    scores: dict[Prompt, PromptScore]
+    initial: Prompt
+    setup_seconds: dict[str, float] = field(default_factory=dict)
+
+
 def readable_tokens(vocab: Sequence[str], special_ids: frozenset[int]) -> frozenset[int]:
     """Token ids the paper allows in a prompt: ASCII letters and spaces, or exactly '.' or ','."""
     return frozenset(i for i, text in enumerate(vocab)
@@ -183,7 +204,9 @@ class _Search:
     """State of one run: engines, examples, the reasoning cache and the best prompts seen."""
 
     def __init__(self, config: GreaterConfig, examples: Sequence[Any], renderer: Renderer,
-                 reasoner: Reasoner, gradient_model: GradientModel) -> None:
+                 reasoner: Reasoner, gradient_model: GradientModel,
+                 reasoning_cache: MutableMapping[tuple[Prompt, int], tuple[int, ...]] | None,
+                 scorer: Scorer | None) -> None:
         self.config = config
         self.examples = list(examples)
         self.renderer = renderer
@@ -191,7 +214,8 @@ class _Search:
         self.model = gradient_model
         self.allowed = readable_tokens(gradient_model.vocab, gradient_model.special_ids)
         # (prompt ids, example index) -> reasoning ids; never generate the same chain twice.
-        self.reasoning: dict[tuple[Prompt, int], tuple[int, ...]] = {}
+        self.reasoning = reasoning_cache if reasoning_cache is not None else {}
+        self.scorer = scorer or self.teacher_forced_score
         self.scores: dict[Prompt, PromptScore] = {}
 
     def text(self, prompt: Prompt) -> str:
@@ -227,12 +251,15 @@ class _Search:
 
     def score(self, prompt: Prompt) -> PromptScore:
         if prompt not in self.scores:
-            results = self.model.score(self.rendered(prompt))
-            mistakes = sum(not r.correct for r in results) / len(results)
-            nll = sum(r.prompt_nll for r in results) / len(results)
-            self.scores[prompt] = PromptScore(
-                mistakes, nll, mistakes + self.config.selection_nll_weight * nll)
+            self.scores[prompt] = self.scorer(prompt, self.rendered(prompt))
         return self.scores[prompt]
+
+    def teacher_forced_score(self, prompt: Prompt, rendered: Sequence[RenderedExample]) -> PromptScore:
+        """The paper's selection score: teacher-forced mistake rate + weight * prompt NLL."""
+        results = self.model.score(rendered)
+        mistakes = sum(not r.correct for r in results) / len(results)
+        nll = sum(r.prompt_nll for r in results) / len(results)
+        return PromptScore(mistakes, nll, mistakes + self.config.selection_nll_weight * nll)
 
     def filler(self, prompt: Prompt) -> int | None:
         """The token to append: the configured filler, or the model's likeliest readable token."""
@@ -268,6 +295,10 @@ def run_greater(
     on_step: Callable[[StepRecord], None] | None = None,
     progress: bool = True,
     check_models: bool = True,
+    scorer: Scorer | None = None,
+    reasoning_cache: MutableMapping[tuple[Prompt, int], tuple[int, ...]] | None = None,
+    state: SearchState | None = None,
+    on_checkpoint: Callable[[SearchState], None] | None = None,
 ) -> GreaterResult:
     """Run the GReaTer search on ``examples`` from ``initial_prompt``; return the best prompts.
 
@@ -276,6 +307,11 @@ def run_greater(
     ``check_models`` the run first checks that the reasoner and the gradient model are one model
     (:func:`check_same_model`; skipped, with a log line, for a reasoner that cannot report
     log-probabilities, such as a server).
+
+    ``scorer`` replaces the paper's teacher-forced selection score (e.g. by a task metric on
+    regenerated outputs). To make a run resumable, pass a persistent ``reasoning_cache`` and save
+    the :class:`SearchState` given to ``on_checkpoint`` after the setup and after every step; pass
+    the last one back as ``state`` to continue where it stopped.
     """
     config = config or GreaterConfig()
     examples = list(examples)[: config.num_examples]
@@ -293,27 +329,25 @@ def run_greater(
         except (NotImplementedError, AttributeError) as exc:
             logger.warning("Could not check that the reasoner is the gradient model's weights "
                            "(%s); check it with a local reasoner on the same folder.", exc)
-    search = _Search(config, examples, renderer, reasoner, gradient_model)
+    search = _Search(config, examples, renderer, reasoner, gradient_model, reasoning_cache, scorer)
     rng = random.Random(config.seed)
-    initial = prompt = tuple(renderer.encode_prompt(initial_prompt, examples[0]))
-    for ex in examples[1:]:
-        renderer.render(prompt, ex)  # the same ids must hold in every example's context
-    clock = time.perf_counter()
-    search.reason([prompt])
-    setup_seconds = {"reason": time.perf_counter() - clock}
-    clock = time.perf_counter()
-    initial_score = search.score(prompt)
-    setup_seconds["score"] = time.perf_counter() - clock
-    logger.info("Initial prompt %r: score %.4f (mistakes %.2f)", search.text(prompt),
-                initial_score.value, initial_score.mistake_rate)
+    if state is None:
+        state = _start(search, initial_prompt, rng)
+        if on_checkpoint is not None:
+            on_checkpoint(state)
+    else:
+        search.scores.update(state.scores)
+        rng.setstate(state.rng_state)
+        logger.info("Continuing the search after step %d of %d.", state.steps_done, config.steps)
+    prompt, position, history = state.prompt, state.position, list(state.history)
+    initial_score = search.score(state.initial)
 
-    history: list[StepRecord] = []
-    position = 0
-    steps = range(config.steps)
+    steps = range(state.steps_done, config.steps)
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="GReaTer", unit="step")
+        steps = tqdm(steps, desc="GReaTer", unit="step", initial=state.steps_done,
+                     total=config.steps)
     for step in steps:
         record = _step(search, prompt, position, step, rng)
         history.append(record)
@@ -329,13 +363,34 @@ def run_greater(
                 search.reason([prompt])
         if progress:
             steps.set_postfix(best=f"{search.top_prompts()[0][2].value:.3f}")
+        if on_checkpoint is not None:
+            on_checkpoint(SearchState(step + 1, prompt, position, rng.getstate(), list(history),
+                                      dict(search.scores), state.initial, state.setup_seconds))
         if on_step is not None:
             on_step(record)
 
     top = search.top_prompts()
     best_text, best_ids, best_score = top[0]
-    return GreaterResult(best_text, best_ids, best_score, search.text(initial), initial_score,
-                         top, history, setup_seconds)
+    return GreaterResult(best_text, best_ids, best_score, search.text(state.initial),
+                         initial_score, top, history, state.setup_seconds)
+
+
+def _start(search: _Search, initial_prompt: str, rng: random.Random) -> SearchState:
+    """Encode the initial prompt, reason with it and score it: the state before step 0."""
+    renderer, examples = search.renderer, search.examples
+    prompt = tuple(renderer.encode_prompt(initial_prompt, examples[0]))
+    for ex in examples[1:]:
+        renderer.render(prompt, ex)  # the same ids must hold in every example's context
+    clock = time.perf_counter()
+    search.reason([prompt])
+    setup_seconds = {"reason": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    initial_score = search.score(prompt)
+    setup_seconds["score"] = time.perf_counter() - clock
+    logger.info("Initial prompt %r: score %.4f (mistakes %.2f)", search.text(prompt),
+                initial_score.value, initial_score.mistake_rate)
+    return SearchState(0, prompt, 0, rng.getstate(), [], dict(search.scores), prompt,
+                       setup_seconds)
 
 
 def _step(search: _Search, prompt: Prompt, position: int, step: int, rng: random.Random) -> StepRecord:

@@ -97,6 +97,57 @@ def test_same_seed_same_result(tiny_model):
     assert any(len(h.prompt_after) > len("Think step by step") for h in first.history)
 
 
+def test_an_interrupted_run_resumes_to_the_same_result(tiny_model):
+    model = HFGradientModel(tiny_model)
+    config = GreaterConfig(steps=4, top_k=6, subset_size=2, num_subsets=3,
+                           max_reasoning_tokens=6, seed=1, max_prompt_tokens=8)
+    engines = dict(renderer=ChatTemplateRenderer(model.tokenizer),
+                   reasoner=HFReasoner(tiny_model, batch_size=4), gradient_model=model,
+                   config=config, progress=False, initial_prompt="Think step by step")
+    whole = run_greater(TINY_EXAMPLES, **engines)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(record):
+        if record.step == 1:
+            raise Stop
+
+    states, cache = [], {}
+    with pytest.raises(Stop):
+        run_greater(TINY_EXAMPLES, **engines, reasoning_cache=cache, on_checkpoint=states.append,
+                    on_step=stop_after_two)
+    assert [s.steps_done for s in states] == [0, 1, 2]
+    resumed = run_greater(TINY_EXAMPLES, **engines, reasoning_cache=cache, state=states[-1])
+    strip_time = lambda r: [{**asdict(h), "seconds": None} for h in r.history]  # noqa: E731
+    assert strip_time(resumed) == strip_time(whole)
+    assert resumed.best_ids == whole.best_ids and resumed.top_prompts == whole.top_prompts
+
+
+def test_a_custom_scorer_decides_the_selection(tiny_model):
+    from dspy_greater.search import PromptScore
+
+    model = HFGradientModel(tiny_model)
+    config = GreaterConfig(steps=2, top_k=6, subset_size=2, num_subsets=3,
+                           max_reasoning_tokens=4, seed=0, max_prompt_tokens=8)
+    seen = []
+
+    def longest_word_wins(prompt, rendered):  # lower is better: prefer long tokens
+        seen.append(len(rendered))
+        text = model.tokenizer.decode(list(prompt))
+        value = -max(len(w) for w in text.split())
+        return PromptScore(0.0, 0.0, value)
+
+    result = run_greater(TINY_EXAMPLES, initial_prompt="Think step by step", config=config,
+                         renderer=ChatTemplateRenderer(model.tokenizer),
+                         reasoner=HFReasoner(tiny_model, batch_size=4), gradient_model=model,
+                         progress=False, scorer=longest_word_wins)
+    assert seen and set(seen) == {len(TINY_EXAMPLES[: config.num_examples])}
+    for record in result.history:
+        assert record.scores[record.selected] == min(record.scores.values())
+    assert result.best_score.value == min(s.value for _, _, s in result.top_prompts)
+
+
 def test_one_real_step_on_smollm2(smollm2):
     model = HFGradientModel(smollm2)
     examples = dspy_greater.load_bbh("sports_understanding")[:4]
