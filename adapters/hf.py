@@ -90,6 +90,7 @@ class HFReasoner(TemplateChat):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype, device=device)
+        self.model_path = os.fspath(model)
         self.device = device
         self.batch_size = batch_size
         self._eos = _eos_ids(self.model, self.tokenizer)
@@ -155,6 +156,7 @@ class HFGradientModel:
         import torch
 
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype, device=device)
+        self.model_path = os.fspath(model)
         self.model.requires_grad_(False)
         self.device = device
         self._torch = torch

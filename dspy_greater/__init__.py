@@ -24,6 +24,7 @@ _LAZY = {
     "GreaterError": "errors",
     "ForcedExtractionAdapter": "extract",
     "AdapterRenderer": "extract",
+    "GReaTer": "teleprompter",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     )
     from .errors import GreaterError
     from .extract import AdapterRenderer, ForcedExtractionAdapter
+    from .teleprompter import GReaTer
     from .models import cache_dir, default_model
 
 

@@ -222,10 +222,12 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
         return annotation is not str or name == list(signature.output_fields)[-1]
 
     def _steps(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
-               demos: list[dict[str, Any]], inputs: dict[str, Any]
+               demos: list[dict[str, Any]], inputs: dict[str, Any],
+               written: dict[str, str] | None = None,
                ) -> Generator[_Call, Any, list[dict[str, Any]]]:
         """The calls for one prediction, as a generator (shared by ``__call__`` and ``acall``):
-        it yields each LM call and receives the LM's outputs."""
+        it yields each LM call and receives the LM's outputs. Fields in ``written`` (the first
+        output fields, as text) are taken as given instead of generated."""
         signature = self._call_preprocess(lm, lm_kwargs, signature, inputs)
         if not signature.output_fields:
             raise ValueError(f"The signature {signature.signature!r} has no output fields; "
@@ -238,6 +240,10 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
         values: dict[str, str] = {}
         parsed: dict[str, Any] = {}
         for name, info in signature.output_fields.items():
+            if written and name in written:
+                values[name] = written[name]
+                parsed[name] = parse_field(written[name], info.annotation)
+                continue
             single = self.single_line(signature, name)
             choices = closed_choices(info.annotation)
             constrain = choices is not None and self.constrains(lm)
@@ -274,6 +280,15 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
                  demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
         return _drive(self._steps(lm, dict(lm_kwargs), signature, demos, inputs),
                       lambda call: _call_lm(lm, call))
+
+    def complete(self, lm: Any, signature: type[dspy.Signature], demos: list[dict[str, Any]],
+                 inputs: dict[str, Any], written: dict[str, str],
+                 lm_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The prediction whose first output fields are ``written`` (e.g. a reasoning chain
+        generated elsewhere): the adapter generates and parses only the remaining fields."""
+        [values] = _drive(self._steps(lm, dict(lm_kwargs or {}), signature, demos, inputs, written),
+                          lambda call: _call_lm(lm, call))
+        return values
 
     async def acall(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
                     demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,190 @@
+"""The GReaTer teleprompter: mechanics on the tiny model, errors, resume, the metric's say."""
+
+from __future__ import annotations
+
+import json
+
+import dspy
+import pytest
+
+from dspy_greater import GReaTer, bbh_metric
+from dspy_greater.adapters.hf import HFReasoner
+from dspy_greater.adapters.lm import local_lm
+from dspy_greater.errors import GreaterError
+from dspy_greater.extract import ForcedExtractionAdapter
+from dspy_greater.search import GreaterConfig
+
+TINY_CONFIG = GreaterConfig(steps=2, num_examples=4, top_k=6, subset_size=2, num_subsets=2,
+                            max_reasoning_tokens=6, max_prompt_tokens=8)
+DATA = [dspy.Example(question=f"Is {n} even?", answer="yes" if n % 2 == 0 else "no").with_inputs(
+    "question") for n in range(9)]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_model):
+    return local_lm(reasoner=HFReasoner(tiny_model, batch_size=8), max_tokens=6, cache=False)
+
+
+def _optimizer(**overrides):
+    settings = dict(metric=bbh_metric, config=TINY_CONFIG, progress=False,
+                    initial_instructions="Think step by step.", num_threads=4)
+    return GReaTer(**{**settings, **overrides})
+
+
+def test_compile_returns_a_copy_with_only_the_instructions_changed(tiny_lm, tmp_path):
+    student = dspy.ChainOfThought("question -> answer")
+    demo = dspy.Example(question="Is 10 even?", reasoning="10 = 2 * 5.", answer="yes")
+    student.predict.demos = [demo]
+    before = student.dump_state()
+    with dspy.context(lm=tiny_lm):
+        compiled = _optimizer().compile(student, trainset=DATA[:6], valset=DATA[6:],
+                                        run_dir=tmp_path / "run")
+    assert student.dump_state() == before  # the student is untouched
+    run = compiled.greater_run
+    assert compiled.predict.signature.instructions == run.instructions
+    assert run.start_instructions in run.validation and run.instructions in run.validation
+    assert run.validation[run.instructions] >= run.validation[run.start_instructions]
+    assert len(run.history) == TINY_CONFIG.steps and len(run.train_scores) == TINY_CONFIG.steps
+    assert any(r.prompt_after != run.start_instructions for r in run.history)
+    assert compiled.predict.demos == [demo]
+    state = compiled.dump_state()
+    state["predict"]["signature"]["instructions"] = before["predict"]["signature"]["instructions"]
+    assert state == before  # nothing else changed
+    stored = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert stored["schema"] == 1 and stored["result"]["instructions"] == run.instructions
+    assert (tmp_path / "run" / "scores.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "generations.jsonl").read_text().count("\n") >= 4
+
+
+def test_a_stopped_compile_resumes_to_the_same_result(tiny_lm, tmp_path):
+    with dspy.context(lm=tiny_lm):
+        whole = _optimizer(config=GreaterConfig(**{**TINY_CONFIG.__dict__, "steps": 3})).compile(
+            dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
+            run_dir=tmp_path / "whole")
+
+        class Stop(Exception):
+            pass
+
+        def stop(record):
+            if record.step == 1:
+                raise Stop
+
+        config = GreaterConfig(**{**TINY_CONFIG.__dict__, "steps": 3})
+        with pytest.raises(Stop):
+            _optimizer(config=config, on_step=stop).compile(
+                dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
+                run_dir=tmp_path / "stopped")
+        resumed = _optimizer(config=config).compile(
+            dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
+            run_dir=tmp_path / "stopped", resume=True)
+    assert resumed.greater_run.instructions == whole.greater_run.instructions
+    assert [r.prompt_after for r in resumed.greater_run.history] == \
+        [r.prompt_after for r in whole.greater_run.history]
+    assert resumed.greater_run.validation == whole.greater_run.validation
+
+
+# -- on the embedded model ------------------------------------------------------------------
+SMOL_CONFIG = GreaterConfig(steps=1, num_examples=4, top_k=6, subset_size=2, num_subsets=2,
+                            max_reasoning_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def smol_lm(vllm_reasoner):
+    return local_lm(reasoner=vllm_reasoner, max_tokens=24, cache=False)
+
+
+@pytest.fixture(scope="module")
+def sports():
+    import dspy_greater
+
+    data = dspy_greater.load_bbh("sports_understanding")
+    return data[:4], data[4:8]
+
+
+def test_a_real_compile_saves_loads_and_reproduces_its_validation_score(smol_lm, sports, tmp_path):
+    train, val = sports
+    optimizer = GReaTer(metric=bbh_metric, config=SMOL_CONFIG, progress=False, num_threads=1)
+    with dspy.context(lm=smol_lm):
+        compiled = optimizer.compile(dspy.ChainOfThought("question -> answer"), trainset=train,
+                                     valset=val, run_dir=tmp_path / "run")
+    run = compiled.greater_run
+    assert run.start_instructions == "Given the fields `question`, produce the fields `answer`."
+    assert {r.prompt_after for r in run.history} - {run.start_instructions}  # it moved
+    assert run.validation[run.instructions] == max(run.validation.values())
+    compiled.save(tmp_path / "program.json")
+    loaded = dspy.ChainOfThought("question -> answer")
+    loaded.load(tmp_path / "program.json")
+    assert loaded.predict.signature.instructions == run.instructions
+    with dspy.context(lm=smol_lm, adapter=ForcedExtractionAdapter()):
+        result = dspy.Evaluate(devset=val, metric=bbh_metric, num_threads=1,
+                               display_progress=False)(loaded)
+    assert result.score / 100 == pytest.approx(run.validation[run.instructions])
+
+
+def test_the_metric_decides_the_selection(smol_lm, sports, tmp_path):
+    def longer(example, prediction, trace=None):  # scaled to outweigh the readability term
+        return len(prediction.reasoning)
+
+    def shorter(example, prediction, trace=None):
+        return -len(prediction.reasoning)
+
+    chosen = {}
+    for metric in (longer, shorter):
+        optimizer = GReaTer(metric=metric, config=SMOL_CONFIG, progress=False,
+                            validate_every_step=False)
+        with dspy.context(lm=smol_lm):
+            compiled = optimizer.compile(dspy.ChainOfThought("question -> answer"),
+                                         trainset=sports[0], valset=sports[1],
+                                         run_dir=tmp_path / metric.__name__)
+        history = compiled.greater_run.history
+        chosen[metric.__name__] = [r.selected for r in history]
+        for record in history:
+            assert record.scores[record.selected] == min(record.scores.values())
+    assert chosen["longer"] != chosen["shorter"]
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_bad_input_is_named(tiny_lm, tmp_path):
+    program = dspy.ChainOfThought("question -> answer")
+    with dspy.context(lm=tiny_lm):
+        with pytest.raises(ValueError, match="trainset is empty"):
+            _optimizer().compile(program, trainset=[])
+        with pytest.raises(ValueError, match=r"lacks the input field\(s\) \['question'\]"):
+            _optimizer().compile(program, trainset=[dspy.Example(q="x", answer="y")] * 4)
+        with pytest.raises(ValueError, match="has no 'answer'"):
+            _optimizer().compile(program, trainset=[dspy.Example(question="x")] * 4)
+        with pytest.raises(ValueError, match="no predictors"):
+            _optimizer().compile(dspy.Module(), trainset=DATA)
+
+        class Two(dspy.Module):
+            def __init__(self):
+                super().__init__()
+                self.first = dspy.ChainOfThought("question -> draft")
+                self.second = dspy.ChainOfThought("draft -> answer")
+
+        with pytest.raises(ValueError, match=r"2 predictors.*predictor=NAME"):
+            _optimizer().compile(Two(), trainset=DATA)
+        with pytest.raises(ValueError, match="Wrap it in dspy.ChainOfThought"):
+            _optimizer().compile(dspy.Predict("question -> answer"), trainset=DATA)
+        with pytest.raises(ValueError, match="at least 3 examples"):
+            _optimizer().compile(program, trainset=DATA[:2])
+    with dspy.context(lm=None):
+        with pytest.raises(GreaterError, match="No LM"):
+            _optimizer().compile(program, trainset=DATA)
+    remote = dspy.LM("openai/some-model", api_base="http://127.0.0.1:9/v1", api_key="x")
+    with dspy.context(lm=remote):
+        with pytest.raises(GreaterError, match="not a local engine.*task_lm"):
+            _optimizer().compile(program, trainset=DATA)
+    with pytest.raises(TypeError, match="needs a metric"):
+        GReaTer(metric=None)
+
+
+def test_a_metric_that_keeps_raising_stops_the_run(tiny_lm, tmp_path):
+    def broken(example, prediction, trace=None):
+        raise KeyError("gold")
+
+    with dspy.context(lm=tiny_lm):
+        with pytest.raises(GreaterError, match=r"metric raised 3 times.*max_errors=2"):
+            _optimizer(metric=broken, max_errors=2).compile(
+                dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
+                run_dir=tmp_path / "run")
