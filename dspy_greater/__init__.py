@@ -18,6 +18,7 @@ _LAZY = {
     "split": "data",
     "bbh_metric": "data",
     "bbh_answer_matches": "data",
+    "bbh_program": "data",
     "majority_class_rate": "data",
     "standard_error": "data",
     "shipped_bbh_tasks": "data",
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .data import (
         bbh_answer_matches,
         bbh_metric,
+        bbh_program,
         load_bbh,
         majority_class_rate,
         shipped_bbh_tasks,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dspy
 
@@ -128,6 +128,20 @@ def bbh_metric(example: dspy.Example, prediction: Any, trace: Any = None) -> boo
     """DSPy metric: does ``prediction.answer`` match ``example.answer`` under BBH matching?"""
     answer = getattr(prediction, ANSWER_FIELD, None)
     return answer is not None and bbh_answer_matches(str(answer), str(example[ANSWER_FIELD]))
+
+
+def bbh_program(examples: Sequence[dspy.Example], instructions: str = "Answer the question.",
+                max_labels: int = 20) -> dspy.ChainOfThought:
+    """A ``ChainOfThought`` ``question -> answer`` for a BBH task. Where the task's answers form a
+    closed set of at most ``max_labels`` labels the answer is typed ``Literal[labels]``, so
+    :class:`~dspy_greater.ForcedExtractionAdapter` can constrain decoding to them (the setting
+    that lifts SmolLM2's accuracy from near 0 to chance; see the README); otherwise ``str``."""
+    labels = tuple(sorted({str(ex[ANSWER_FIELD]).strip() for ex in examples}))
+    answer_type: Any = Literal[labels] if 0 < len(labels) <= max_labels else str
+    signature = dspy.Signature(
+        {INPUT_FIELD: (str, dspy.InputField()), ANSWER_FIELD: (answer_type, dspy.OutputField())},
+        instructions)
+    return dspy.ChainOfThought(signature)
 
 
 def majority_class_rate(examples: Sequence[dspy.Example]) -> float:

@@ -10,12 +10,13 @@ messages into token ids for the gradient pass: one rendering for generation and 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
 import re
 import typing
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -207,14 +208,32 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
     # -- calling the LM ---------------------------------------------------------------------
     def constrains(self, lm: Any) -> bool:
         """Whether closed-set fields are constrained (not mapped) when calling ``lm``."""
-        engine = _local_engine(lm)
-        able = engine is None or getattr(engine.reasoner, "supports_json_schema", False)
-        if self.closed_sets == "constrain" and not able:
+        if self.closed_sets == "auto":
+            return _can_constrain(lm)
+        return self.closed_sets == "constrain"
+
+    def check_lm(self, lm: Any) -> None:
+        """Raise :class:`GreaterError` if this adapter cannot drive ``lm``: a local engine asked
+        to constrain decoding it cannot, or a chat template that drops the newline the adapter
+        forces after a header (some templates strip a continued message's end)."""
+        if self.closed_sets == "constrain" and not _can_constrain(lm):
             raise GreaterError(
-                f"{type(engine.reasoner).__name__} cannot constrain decoding to a closed set; "
-                "use the vLLM backend (pip install dspy-greater[cpu] or [vllm]) or "
+                f"{type(_local_engine(lm).reasoner).__name__} cannot constrain decoding to a "
+                "closed set; use the vLLM backend (pip install dspy-greater[cpu] or [vllm]) or "
                 "closed_sets='map'.")
-        return able if self.closed_sets == "auto" else self.closed_sets == "constrain"
+        tokenizer = _local_tokenizer(lm)
+        if tokenizer is None or id(tokenizer) in self._checked_templates:
+            return
+        forced = f"{header('answer')}\n"
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": forced}],
+            tokenize=False, add_generation_prompt=False, continue_final_message=True)
+        if not rendered.endswith(forced):
+            raise GreaterError(
+                f"The chat template of {lm.model} drops the end of a continued assistant message "
+                f"(it renders {rendered[-40:]!r}, not ending in {forced!r}), so forced headers "
+                "would lose their newline. Use a model whose template keeps it.")
+        self._checked_templates.add(id(tokenizer))
 
     def single_line(self, signature: type[dspy.Signature], name: str) -> bool:
         """Whether ``name``'s value ends at the end of its first line."""
@@ -235,7 +254,7 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
         if (lm_kwargs.get("n") or 1) > 1 or (lm.kwargs.get("n") or 1) > 1:
             raise ValueError("ForcedExtractionAdapter writes one completion per call; use n=1 "
                              "(e.g. dspy.BestOfN or several rollout_ids for several samples).")
-        self._check_template(lm)
+        self.check_lm(lm)
         budget = lm_kwargs.get("max_tokens") or lm.kwargs.get("max_tokens")
         values: dict[str, str] = {}
         parsed: dict[str, Any] = {}
@@ -278,16 +297,15 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
 
     def __call__(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
                  demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        return _drive(self._steps(lm, dict(lm_kwargs), signature, demos, inputs),
-                      lambda call: _call_lm(lm, call))
+        return _drive(self._steps(lm, dict(lm_kwargs), signature, demos, inputs), lm)
 
     def complete(self, lm: Any, signature: type[dspy.Signature], demos: list[dict[str, Any]],
                  inputs: dict[str, Any], written: dict[str, str],
                  lm_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         """The prediction whose first output fields are ``written`` (e.g. a reasoning chain
         generated elsewhere): the adapter generates and parses only the remaining fields."""
-        [values] = _drive(self._steps(lm, dict(lm_kwargs or {}), signature, demos, inputs, written),
-                          lambda call: _call_lm(lm, call))
+        [values] = _drive(self._steps(lm, dict(lm_kwargs or {}), signature, demos, inputs,
+                                      written), lm)
         return values
 
     async def acall(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
@@ -296,26 +314,11 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
         try:
             call = next(steps)
             while True:
-                call = steps.send(await _acall_lm(lm, call))
+                with _calling(lm, call):
+                    outputs = await lm.acall(messages=call.messages, **call.options)
+                call = steps.send(outputs)
         except StopIteration as done:
             return done.value
-
-    def _check_template(self, lm: Any) -> None:
-        """Where the LM's tokenizer is at hand, check that its chat template keeps the newline
-        the adapter forces after a header (some templates strip a continued message's end)."""
-        tokenizer = _local_tokenizer(lm)
-        if tokenizer is None or id(tokenizer) in self._checked_templates:
-            return
-        forced = f"{header('answer')}\n"
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": forced}],
-            tokenize=False, add_generation_prompt=False, continue_final_message=True)
-        if not rendered.endswith(forced):
-            raise GreaterError(
-                f"The chat template of {lm.model} drops the end of a continued assistant message "
-                f"(it renders {rendered[-40:]!r}, not ending in {forced!r}), so forced headers "
-                "would lose their newline. Use a model whose template keeps it.")
-        self._checked_templates.add(id(tokenizer))
 
 
 def _type_name(annotation: Any) -> str:
@@ -324,6 +327,12 @@ def _type_name(annotation: Any) -> str:
 
 def _output_text(output: Any) -> str:
     return (output.get("text") if isinstance(output, dict) else output) or ""
+
+
+def _can_constrain(lm: Any) -> bool:
+    """Servers take a JSON-schema ``response_format``; a local engine only on vLLM."""
+    engine = _local_engine(lm)
+    return engine is None or getattr(engine.reasoner, "supports_json_schema", False)
 
 
 def _local_engine(lm: Any) -> Any:
@@ -360,16 +369,16 @@ def _adapter_call(lm: Any, messages: Conversation) -> Any:
     try:
         from dspy.clients._deprecation import adapter_message_call
     except ImportError:  # a DSPy without the 3.4 migration marker
-        import contextlib
-
         return contextlib.nullcontext()
     return adapter_message_call(lm, messages)
 
 
-def _call_lm(lm: Any, call: _Call) -> Any:
+@contextlib.contextmanager
+def _calling(lm: Any, call: _Call) -> Iterator[None]:
+    """Around one LM call: DSPy's adapter-call marker, and a refused continuation named."""
     with _adapter_call(lm, call.messages):
         try:
-            return lm(messages=call.messages, **call.options)
+            yield
         except Exception as exc:
             error = _cannot_continue(lm, exc)
             if error is exc:
@@ -377,22 +386,15 @@ def _call_lm(lm: Any, call: _Call) -> Any:
             raise error from exc
 
 
-async def _acall_lm(lm: Any, call: _Call) -> Any:
-    with _adapter_call(lm, call.messages):
-        try:
-            return await lm.acall(messages=call.messages, **call.options)
-        except Exception as exc:
-            error = _cannot_continue(lm, exc)
-            if error is exc:
-                raise
-            raise error from exc
-
-
-def _drive(steps: Generator[_Call, Any, Any], call: Callable[[_Call], Any]) -> Any:
+def _drive(steps: Generator[_Call, Any, Any], lm: Any) -> Any:
+    """Run the calls of :meth:`ForcedExtractionAdapter._steps` on ``lm`` (``acall`` is the
+    asynchronous twin)."""
     try:
-        request = next(steps)
+        call = next(steps)
         while True:
-            request = steps.send(call(request))
+            with _calling(lm, call):
+                outputs = lm(messages=call.messages, **call.options)
+            call = steps.send(outputs)
     except StopIteration as done:
         return done.value
 

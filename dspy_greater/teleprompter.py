@@ -17,7 +17,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ from dspy.teleprompt import Teleprompter
 
 from .errors import GreaterError
 from .extract import AdapterRenderer, ForcedExtractionAdapter
-from .rundir import RunDir
+from .rundir import RunDir, write_json_atomically
 from .search import GreaterConfig, GreaterResult, Prompt, PromptScore, StepRecord, run_greater
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,11 @@ class GReaTerRun:
     validation_from_trainset: bool
     train_scores: list[float]  # the metric on the training batch after each step
     search: GreaterResult
-    history: list[StepRecord] = field(default_factory=list)
+
+    @property
+    def history(self) -> list[StepRecord]:
+        """Each step's record (candidates, gradient ranks, scores, timings)."""
+        return self.search.history
 
 
 class _MetricScorer:
@@ -223,15 +227,20 @@ class GReaTer(Teleprompter):
                                "predictor's lm, or pass task_lm=.")
         adapter = self.adapter or (dspy.settings.adapter if isinstance(
             dspy.settings.adapter, ForcedExtractionAdapter) else ForcedExtractionAdapter())
+        adapter.check_lm(lm)
         reasoner, model_path = self._reasoner(lm)
         gradient = self._gradient_model(model_path)
         renderer = AdapterRenderer(signature, gradient.tokenizer, adapter,
                                    demos=list(predictor.demos), constrained=adapter.constrains(lm))
-        start = self.initial_instructions or signature.instructions
+        original = self.initial_instructions or signature.instructions
+        # The slot is one line: ChatAdapter indents further lines, which the search cannot edit.
+        start = " ".join(original.split())
+        if start != original:
+            logger.info("GReaTer optimizes one line of instructions; starting from %r.", start)
 
         folder = Path(run_dir or self.run_dir or tempfile.mkdtemp(prefix="greater-run-"))
         identity = {"search": asdict(config), "predictor": name, "signature": _describe(signature),
-                    "start": start, "placement": adapter.instructions, "model": model_path,
+                    "start": original, "placement": adapter.instructions, "model": model_path,
                     "trainset": _digest(trainset), "valset": _digest(valset),
                     "metric": getattr(self.metric, "__qualname__", repr(self.metric))}
         run = RunDir(folder, identity, resume=resume)
@@ -256,7 +265,8 @@ class GReaTer(Teleprompter):
                 gradient_model=gradient, config=config, scorer=scorer,
                 reasoning_cache=run.generations, state=run.state() if resume else None,
                 on_checkpoint=run.save_state, on_step=after_step, progress=self.progress)
-            candidates = list(dict.fromkeys([start, *(text for text, _, _ in result.top_prompts)]))
+            candidates = list(dict.fromkeys([original, start,
+                                             *(text for text, _, _ in result.top_prompts)]))
             validation = {text: evaluate(text) for text in candidates}
             scored = {renderer.decode_prompt(ids): s for ids, s in run.state().scores.items()}
             train_scores = [1.0 - scored[r.prompt_after].mistake_rate for r in result.history]
@@ -266,19 +276,18 @@ class GReaTer(Teleprompter):
         predictor.signature = signature.with_instructions(best)
         report = GReaTerRun(
             run_dir=folder, predictor=name, placement=adapter.instructions, model=model_path,
-            proxy_model=self.task_lm is not None, start_instructions=start, instructions=best,
+            proxy_model=self.task_lm is not None, start_instructions=original, instructions=best,
             validation=validation, validation_size=len(valset),
-            validation_from_trainset=split_off, train_scores=train_scores, search=result,
-            history=result.history)
-        run.save_result({"instructions": best, "start_instructions": start,
+            validation_from_trainset=split_off, train_scores=train_scores, search=result)
+        run.save_result({"instructions": best, "start_instructions": original,
                          "validation": validation, "validation_size": len(valset),
                          "validation_from_trainset": split_off, "train_scores": train_scores,
                          "validation_per_step": evaluate.per_step(result.history)})
         _plot(folder / "scores.png", train_scores, evaluate.per_step(result.history),
-              validation[start])
+              validation[original])
         n = len(valset)
-        logger.info("GReaTer: %r -> %r; validation %.3f ± %.3f -> %.3f (n=%d)", start, best,
-                    validation[start], _se(validation[start], n), validation[best], n)
+        logger.info("GReaTer: %r -> %r; validation %.3f ± %.3f -> %.3f (n=%d)", original, best,
+                    validation[original], _se(validation[original], n), validation[best], n)
         program.greater_run = report
         return program
 
@@ -369,8 +378,6 @@ class _Validator:
                                        num_threads=self.num_threads, display_progress=False,
                                        max_errors=self.max_errors, failure_score=0.0)(candidate)
             self.scores[instructions] = sum(s for _, _, s in result.results) / len(self.valset)
-            from .rundir import write_json_atomically
-
             write_json_atomically(self.cache_file, self.scores)
         return self.scores[instructions]
 

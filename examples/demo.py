@@ -1,72 +1,76 @@
-"""Answer a few BIG-Bench Hard questions with the embedded SmolLM2 model, paper style.
+"""A real GReaTer optimization on the embedded SmolLM2, on CPU, in minutes.
 
-The model reasons after the GReaTer paper's initial prompt, then the answer is extracted by
-continuing its message with ``Therefore, the final answer is`` (no trailing space: BPE puts
-the space inside the next token). Runs on CPU with nothing downloaded.
+A DSPy ``ChainOfThought`` program (its answer typed with the task's labels) answers a BIG-Bench
+Hard task shipped with the package through :class:`~dspy_greater.ForcedExtractionAdapter` on the
+local vLLM engine; ``GReaTer`` optimizes its instructions with the model's own gradients; the start
+and the result are scored on a test split never used for selection, beside the majority-class rate.
+About 11 minutes on a 2-core CPU.
 
-    python examples/demo.py --task sports_understanding --n 6
+    python examples/demo.py [--task causal_judgement] [--steps 6] [--run-dir DIR] [--resume]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import textwrap
+import os
 import time
 
-import dspy_greater
-from dspy_greater.adapters.hf import HFReasoner
+import dspy
 
-PAPER_PROMPT = (
-    "Use proper logical reasoning and think step by step. Finally give the actual correct answer."
-)
-EXTRACTOR = "\nTherefore, the final answer is"
+import dspy_greater
+from dspy_greater import ForcedExtractionAdapter, GReaTer
+from dspy_greater.adapters.lm import local_lm
+
+
+def accuracy(program: dspy.Module, examples: list[dspy.Example]) -> float:
+    result = dspy.Evaluate(devset=examples, metric=dspy_greater.bbh_metric, num_threads=32,
+                           display_progress=False, max_errors=len(examples) + 1)(program)
+    return result.score / 100
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="sports_understanding",
+    parser.add_argument("--task", default="causal_judgement",
                         help=f"a shipped BBH task ({', '.join(dspy_greater.shipped_bbh_tasks())}) "
                         "or the path of a BBH JSON file")
-    parser.add_argument("--n", type=int, default=6, help="questions to answer")
-    parser.add_argument("--reasoning-tokens", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--test", type=int, default=60, help="test questions (never selected on)")
+    parser.add_argument("--run-dir", default=None, help="keep the run here (default: a temp dir)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     args = parser.parse_args()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the engine's own INFO lines are many
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("dspy", "vllm", "httpx", "LiteLLM"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
-    start = time.perf_counter()
+    started = time.perf_counter()
     examples = dspy_greater.load_bbh(args.task)
-    questions = dspy_greater.split(examples, train=args.n, dev=0, seed=args.seed).train
-    reasoner = HFReasoner(dspy_greater.default_model(), dtype="bfloat16", batch_size=args.n)
-    loaded = time.perf_counter()
+    splits = dspy_greater.split(examples, train=12, dev=16, seed=0)
+    test = splits.test[: args.test]
+    lm = local_lm(max_tokens=128)
+    dspy.configure(lm=lm, adapter=ForcedExtractionAdapter())
+    program = dspy_greater.bbh_program(examples, "Answer the question.")
 
-    conversations = [
-        [{"role": "user", "content": f"{ex.question}\n{PAPER_PROMPT}"}] for ex in questions
-    ]
-    reasonings = reasoner.chat(conversations, max_new_tokens=args.reasoning_tokens)
-    continued = [
-        conv + [{"role": "assistant", "content": r.text.rstrip() + EXTRACTOR}]
-        for conv, r in zip(conversations, reasonings)
-    ]
-    answers = reasoner.chat(continued, max_new_tokens=8, stop=["\n"], continue_final_message=True)
-    done = time.perf_counter()
+    optimizer = GReaTer(metric=dspy_greater.bbh_metric, auto="light", steps=args.steps)
+    compiled = optimizer.compile(program, trainset=splits.train, valset=splits.dev,
+                                 run_dir=args.run_dir, resume=args.resume)
+    run = compiled.greater_run
 
-    correct = 0
-    for i, (ex, reasoning, answer) in enumerate(zip(questions, reasonings, answers), 1):
-        ok = dspy_greater.bbh_answer_matches(answer.text, ex.answer)
-        correct += ok
-        print(f"\n[{i}] {ex.question}")
-        print(textwrap.indent(textwrap.fill(reasoning.text.strip(), 96), "    | "))
-        print(f"    answer: {answer.text.strip()!r}   gold: {ex.answer!r}   "
-              f"{'correct' if ok else 'wrong'}")
-
-    n = len(questions)
-    accuracy = correct / n
-    print(f"\n{args.task}: {correct}/{n} correct = {accuracy:.2f} "
-          f"± {dspy_greater.standard_error(accuracy, n):.2f} (standard error); "
-          f"majority-class rate on the whole task {dspy_greater.majority_class_rate(examples):.2f}")
-    print(f"model load {loaded - start:.1f} s, generation {done - loaded:.1f} s")
+    before, after = accuracy(program, test), accuracy(compiled, test)
+    n = len(test)
+    se = dspy_greater.standard_error
+    print(f"\nGReaTer on {args.task} with SmolLM2-135M-Instruct (CPU), {args.steps} steps")
+    print(f"  start:     {run.start_instructions!r}")
+    print(f"  optimized: {run.instructions!r}")
+    print(f"  validation ({run.validation_size} questions): "
+          f"{run.validation[run.start_instructions]:.2f} -> {run.validation[run.instructions]:.2f}")
+    print(f"  test ({n} questions, never used for selection): {before:.2f} ± {se(before, n):.2f} "
+          f"-> {after:.2f} ± {se(after, n):.2f}; majority-class rate "
+          f"{dspy_greater.majority_class_rate(test):.2f}")
+    print(f"  run directory: {run.run_dir} (scores.png, run.json); "
+          f"{time.perf_counter() - started:.0f} s in all")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM starts worker processes with spawn: keep this guard
     main()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import dspy
 import pytest
 
+import dspy_greater
 from dspy_greater import data
 
 
@@ -102,3 +104,14 @@ def test_majority_rate_and_standard_error():
     assert data.standard_error(1.0, 10) == 0.0
     with pytest.raises(ValueError):
         data.majority_class_rate([])
+
+
+def test_bbh_program_types_a_closed_answer_set_only():
+    closed = dspy_greater.bbh_program(dspy_greater.load_bbh("sports_understanding"), "Be brief.")
+    signature = closed.predict.signature
+    assert signature.instructions == "Be brief."
+    assert list(signature.output_fields) == ["reasoning", "answer"]
+    assert typing.get_args(signature.output_fields["answer"].annotation) == ("no", "yes")
+    open_ended = [dspy.Example(question=f"{n} + 1?", answer=str(n + 1)) for n in range(30)]
+    assert dspy_greater.bbh_program(open_ended).predict.signature.output_fields[
+        "answer"].annotation is str

@@ -10,6 +10,7 @@ import pytest
 from dspy_greater import GReaTer, bbh_metric
 from dspy_greater.adapters.hf import HFReasoner
 from dspy_greater.adapters.lm import local_lm
+from dspy_greater.adapters.same_model import ModelMismatch
 from dspy_greater.errors import GreaterError
 from dspy_greater.extract import ForcedExtractionAdapter
 from dspy_greater.search import GreaterConfig
@@ -32,15 +33,19 @@ def _optimizer(**overrides):
 
 
 def test_compile_returns_a_copy_with_only_the_instructions_changed(tiny_lm, tmp_path):
-    student = dspy.ChainOfThought("question -> answer")
+    docstring = "Think step by step.\nAnswer yes or no."  # searched as one line
+    student = dspy.ChainOfThought(dspy.Signature("question -> answer", docstring))
     demo = dspy.Example(question="Is 10 even?", reasoning="10 = 2 * 5.", answer="yes")
     student.predict.demos = [demo]
     before = student.dump_state()
     with dspy.context(lm=tiny_lm):
-        compiled = _optimizer().compile(student, trainset=DATA[:6], valset=DATA[6:],
-                                        run_dir=tmp_path / "run")
+        compiled = _optimizer(initial_instructions=None).compile(
+            student, trainset=DATA[:6], valset=DATA[6:], run_dir=tmp_path / "run")
     assert student.dump_state() == before  # the student is untouched
     run = compiled.greater_run
+    assert run.start_instructions == docstring
+    assert run.history[0].prompt_before == "Think step by step. Answer yes or no."
+    assert {docstring, run.history[0].prompt_before} <= set(run.validation)
     assert compiled.predict.signature.instructions == run.instructions
     assert run.start_instructions in run.validation and run.instructions in run.validation
     assert run.validation[run.instructions] >= run.validation[run.start_instructions]
@@ -177,6 +182,13 @@ def test_bad_input_is_named(tiny_lm, tmp_path):
             _optimizer().compile(program, trainset=DATA)
     with pytest.raises(TypeError, match="needs a metric"):
         GReaTer(metric=None)
+
+
+def test_a_gradient_model_other_than_the_reasoning_lm_is_refused(tiny_lm, smollm2, tmp_path):
+    with dspy.context(lm=tiny_lm), pytest.raises(ModelMismatch, match="not the same weights"):
+        _optimizer(gradient_model=smollm2).compile(
+            dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
+            run_dir=tmp_path / "run")
 
 
 def test_a_metric_that_keeps_raising_stops_the_run(tiny_lm, tmp_path):
