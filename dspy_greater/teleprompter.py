@@ -137,13 +137,16 @@ class GReaTer(Teleprompter):
     instructions, on a local open model.
 
     ``metric(example, prediction, trace=None)`` returns a bool, a number or a prediction with a
-    ``score``. ``on_step`` is called with each step's record (after it is saved). ``auto`` picks a budget (``"light"`` runs in minutes on a CPU, ``"heavy"`` is the
+    ``score``. ``auto`` picks a budget (``"light"`` runs in minutes on a CPU, ``"heavy"`` is the
     paper's); ``steps`` or a full ``config`` (:class:`GreaterConfig`) override it. The program's
     LM (``task_lm`` to optimize on a local proxy instead) must be a local engine
     (:func:`dspy_greater.adapters.lm.local_lm`) or a vLLM server, and ``gradient_model`` (a model
     folder; by default the local engine's) the same weights. The instructions are rendered as
     ``adapter`` sends them (a :class:`ForcedExtractionAdapter`; by default the configured one, or
     one with the instructions in the system message, the placement a saved program carries).
+    ``predictor`` names the predictor to optimize in a program with several; ``initial_instructions``
+    starts elsewhere than the predictor's own; ``run_dir`` keeps the run (default: a temp dir);
+    ``on_step`` is called with each step's record after it is saved.
     """
 
     def __init__(
