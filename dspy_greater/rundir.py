@@ -23,7 +23,7 @@ from .search import Prompt, PromptScore, SearchState, StepRecord
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = 1
+SCHEMA = 2  # 2: a stages/ folder per predictor and round
 _Key = tuple[Prompt, int]
 
 
@@ -137,7 +137,14 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             write_json_atomically(self.run_file, {"schema": SCHEMA, "config": self.config,
                                                   "state": None, "result": None})
-        self.generations = GenerationStore(self.path / "generations.jsonl")
+        self._generations: GenerationStore | None = None
+
+    @property
+    def generations(self) -> GenerationStore:
+        """The run's reasoning chains (the file is opened on first use)."""
+        if self._generations is None:
+            self._generations = GenerationStore(self.path / "generations.jsonl")
+        return self._generations
 
     def _check(self, stored: dict[str, Any]) -> None:
         if stored.get("schema") != SCHEMA:
@@ -176,4 +183,5 @@ class RunDir:
         write_json_atomically(self.run_file, data)
 
     def close(self) -> None:
-        self.generations.close()
+        if self._generations is not None:
+            self._generations.close()

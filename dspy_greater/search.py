@@ -299,11 +299,13 @@ def run_greater(
     reasoning_cache: MutableMapping[tuple[Prompt, int], tuple[int, ...]] | None = None,
     state: SearchState | None = None,
     on_checkpoint: Callable[[SearchState], None] | None = None,
+    desc: str = "GReaTer",
 ) -> GreaterResult:
     """Run the GReaTer search on ``examples`` from ``initial_prompt``; return the best prompts.
 
     ``examples`` are whatever ``renderer`` renders (objects with ``question`` and ``answer`` for
-    the chat-template renderer). ``on_step`` is called after every step with its record. With
+    the chat-template renderer). ``on_step`` is called after every step with its record; ``desc``
+    labels the progress bar. With
     ``check_models`` the run first checks that the reasoner and the gradient model are one model
     (:func:`check_same_model`; skipped, with a log line, for a reasoner that cannot report
     log-probabilities, such as a server).
@@ -346,7 +348,7 @@ def run_greater(
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="GReaTer", unit="step", initial=state.steps_done,
+        steps = tqdm(steps, desc=desc, unit="step", initial=state.steps_done,
                      total=config.steps)
     for step in steps:
         record = _step(search, prompt, position, step, rng)

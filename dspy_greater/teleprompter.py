@@ -1,10 +1,11 @@
 """GReaTer as a DSPy optimizer: ``GReaTer(metric=...).compile(program, trainset=...)``.
 
-The slot is the predictor's ``signature.instructions`` as :class:`ForcedExtractionAdapter` sends
+The slot is a predictor's ``signature.instructions`` as :class:`ForcedExtractionAdapter` sends
 them; the reasoning comes from the program's own LM (its local engine); the gradients from the
-same weights in ``transformers``; candidates are selected by the user's metric on the outputs the
-program's adapter generates, plus the paper's readability term; the final choice is made on the
-validation set among the best prompts and the starting instructions.
+same weights in ``transformers``; candidates are selected by the user's metric (on the outputs the
+adapter generates for a one-predictor program, on the whole program's outputs for a pipeline),
+plus the paper's readability term; each stage's final choice is made on the validation set among
+its best prompts and its starting instructions. Predictors are optimized one after another.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -28,6 +30,14 @@ from .errors import GreaterError
 from .extract import AdapterRenderer, ForcedExtractionAdapter
 from .rundir import RunDir, write_json_atomically
 from .search import GreaterConfig, GreaterResult, Prompt, PromptScore, StepRecord, run_greater
+from .traces import (
+    TracedRuns,
+    label_examples,
+    metric_value,
+    stage_examples,
+    target_field,
+    trace_program,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,46 +52,74 @@ BUDGETS: dict[str, dict[str, Any]] = {
 }
 
 
-def metric_value(result: Any) -> float:
-    """A metric's result as a number: bool, int, float, or anything with a ``score``
-    (``dspy.Prediction(score=..., feedback=...)``)."""
-    if hasattr(result, "score"):
-        result = result.score
-    if isinstance(result, dict) and "score" in result:
-        result = result["score"]
-    value = float(result)
-    if math.isnan(value):
-        raise ValueError("the metric returned NaN")
-    return value
+@dataclass
+class StageRun:
+    """One predictor's optimization (one per predictor and round)."""
+
+    predictor: str
+    round: int
+    start_instructions: str
+    instructions: str
+    validation: dict[str, float]  # candidate instructions -> validation score (the rest fixed)
+    train_scores: list[float]  # the metric on the training batch after each step
+    validation_per_step: list[float | None]  # None where validate_every_step=False
+    targets: str  # "labels" (the examples' own) or "traces" (from runs that passed the metric)
+    examples: int  # how many examples the gradients were taken on
+    search: GreaterResult | None = None
+    skipped: str | None = None  # why this stage was not optimized
+
+    @property
+    def history(self) -> list[StepRecord]:
+        """Each step's record (candidates, gradient ranks, scores, timings)."""
+        return self.search.history if self.search is not None else []
 
 
 @dataclass
 class GReaTerRun:
     """What one compile did; also in ``run_dir/run.json``. Attached to the compiled program as
-    ``compiled.greater_run`` (DSPy does not save it; the run directory keeps it)."""
+    ``compiled.greater_run`` (DSPy does not save it; the run directory keeps it). ``stages``
+    holds one :class:`StageRun` per predictor and round; for a one-predictor program the
+    stage's fields read directly (``run.instructions``, ``run.history``, ...)."""
 
     run_dir: Path
-    predictor: str
     placement: str
     model: str
     proxy_model: bool  # the gradients and reasoning ran on task_lm, not the program's LM
-    start_instructions: str
-    instructions: str
-    validation: dict[str, float]  # candidate instructions -> validation score
     validation_size: int
     validation_from_trainset: bool
-    train_scores: list[float]  # the metric on the training batch after each step
-    search: GreaterResult
+    stages: list[StageRun]
 
     @property
-    def history(self) -> list[StepRecord]:
-        """Each step's record (candidates, gradient ranks, scores, timings)."""
-        return self.search.history
+    def only_stage(self) -> StageRun:
+        if len(self.stages) != 1:
+            raise AttributeError(f"This run optimized {len(self.stages)} stages; read them from "
+                                 "run.stages.")
+        return self.stages[0]
+
+    predictor = property(lambda self: self.only_stage.predictor)
+    start_instructions = property(lambda self: self.only_stage.start_instructions)
+    instructions = property(lambda self: self.only_stage.instructions)
+    validation = property(lambda self: self.only_stage.validation)
+    train_scores = property(lambda self: self.only_stage.train_scores)
+    search = property(lambda self: self.only_stage.search)
+    history = property(lambda self: self.only_stage.history)
+
+
+def _prompt_nll(model: Any, rendered: Sequence[Any], shared_context: bool) -> float:
+    """Mean NLL of the prompt tokens given what precedes them (a forward pass over the context
+    up to the slot only; one example when the context before the slot is shared)."""
+    nlls = []
+    for item in rendered[:1] if shared_context else rendered:
+        logprobs = model.prompt_logprobs(item.ids[: item.slot.stop])
+        slot = logprobs[item.slot.start - 1 : item.slot.stop - 1]
+        nlls.append(-sum(slot) / len(slot))
+    return sum(nlls) / len(nlls)
 
 
 class _MetricScorer:
-    """The selection score of a prompt: 1 - mean metric over the training batch, on the outputs
-    the adapter generates after the search's reasoning, + weight * the prompt's mean NLL."""
+    """The selection score of a one-predictor program's prompt: 1 - mean metric over the training
+    batch, on the outputs the adapter generates after the search's own reasoning (no extra
+    reasoning call), + weight * the prompt's mean NLL."""
 
     def __init__(self, *, metric: Callable, examples: Sequence[dspy.Example], lm: Any,
                  adapter: ForcedExtractionAdapter, renderer: AdapterRenderer, gradient_model: Any,
@@ -89,7 +127,7 @@ class _MetricScorer:
         self.metric, self.examples, self.lm, self.adapter = metric, list(examples), lm, adapter
         self.renderer, self.model = renderer, gradient_model
         self.nll_weight, self.num_threads, self.max_errors = nll_weight, num_threads, max_errors
-        self.errors = 0
+        self.errors, self.lock = 0, threading.Lock()
 
     def _one(self, signature: Any, example: dspy.Example, reasoning: str) -> float:
         inputs = {k: example[k] for k in signature.input_fields}
@@ -99,25 +137,16 @@ class _MetricScorer:
         try:
             return metric_value(self.metric(example, prediction, None))
         except Exception as exc:  # counted as a failure, as dspy.Evaluate does
-            self.errors += 1
-            if self.errors > self.max_errors:
+            with self.lock:  # threads score examples at once
+                self.errors += 1
+                errors = self.errors
+            if errors > self.max_errors:
                 raise GreaterError(
-                    f"The metric raised {self.errors} times (more than max_errors="
+                    f"The metric raised {errors} times (more than max_errors="
                     f"{self.max_errors}); the last time on {example}: {exc!r}. Fix the metric "
                     "or raise max_errors.") from exc
             logger.warning("The metric raised on %s: %r (scored 0).", example, exc)
             return 0.0
-
-    def prompt_nll(self, rendered: Sequence[Any]) -> float:
-        """Mean NLL of the prompt tokens given what precedes them (a forward pass over the
-        context up to the slot only; one example when the context before the slot is shared)."""
-        items = rendered[:1] if self.adapter.instructions == "system" else rendered
-        nlls = []
-        for item in items:
-            logprobs = self.model.prompt_logprobs(item.ids[: item.slot.stop])
-            slot = logprobs[item.slot.start - 1 : item.slot.stop - 1]
-            nlls.append(-sum(slot) / len(slot))
-        return sum(nlls) / len(nlls)
 
     def __call__(self, prompt: Prompt, rendered: Sequence[Any]) -> PromptScore:
         text = self.renderer.decode_prompt(prompt)
@@ -128,13 +157,34 @@ class _MetricScorer:
             scores = list(pool.map(lambda args: self._one(signature, *args),
                                    zip(self.examples, chains)))
         mistakes = 1.0 - sum(scores) / len(scores)
-        nll = self.prompt_nll(rendered)
+        nll = _prompt_nll(self.model, rendered, self.adapter.instructions == "system")
+        return PromptScore(mistakes, nll, mistakes + self.nll_weight * nll)
+
+
+class _ProgramScorer:
+    """The selection score of one stage's prompt in a multi-stage program: 1 - the whole
+    program's mean metric on the training batch with that prompt (a change in one stage is judged
+    by its effect on the end result), + weight * the prompt's mean NLL."""
+
+    def __init__(self, *, scores: _ProgramScores, stage: str, renderer: AdapterRenderer,
+                 gradient_model: Any, nll_weight: float, shared_context: bool) -> None:
+        self.scores, self.stage, self.renderer, self.model = scores, stage, renderer, gradient_model
+        self.nll_weight, self.shared_context = nll_weight, shared_context
+
+    def __call__(self, prompt: Prompt, rendered: Sequence[Any]) -> PromptScore:
+        mistakes = 1.0 - self.scores(self.stage, self.renderer.decode_prompt(prompt))
+        nll = _prompt_nll(self.model, rendered, self.shared_context)
         return PromptScore(mistakes, nll, mistakes + self.nll_weight * nll)
 
 
 class GReaTer(Teleprompter):
-    """GReaTer (gradients over reasoning) as a drop-in DSPy optimizer for one predictor's
+    """GReaTer (gradients over reasoning) as a drop-in DSPy optimizer of a program's
     instructions, on a local open model.
+
+    Every predictor is optimized in turn (``rounds`` times), or only ``predictor``. A
+    one-predictor program targets the trainset's labels; in a multi-stage program each stage
+    targets what it wrote in the runs that passed the metric (``metric_threshold`` as in DSPy's
+    bootstrapping), and each candidate is judged by the whole program's metric.
 
     ``metric(example, prediction, trace=None)`` returns a bool, a number or a prediction with a
     ``score``. ``auto`` picks a budget (``"light"`` runs in minutes on a CPU, ``"heavy"`` is the
@@ -144,8 +194,8 @@ class GReaTer(Teleprompter):
     folder; by default the local engine's) the same weights. The instructions are rendered as
     ``adapter`` sends them (a :class:`ForcedExtractionAdapter`; by default the configured one, or
     one with the instructions in the system message, the placement a saved program carries).
-    ``predictor`` names the predictor to optimize in a program with several; ``initial_instructions``
-    starts elsewhere than the predictor's own; ``run_dir`` keeps the run (default: a temp dir);
+    ``initial_instructions`` (a string, or ``{predictor: instructions}``) starts elsewhere than
+    the predictors' own; ``run_dir`` keeps the run (default: a temp dir);
     ``on_step`` is called with each step's record after it is saved.
     """
 
@@ -159,8 +209,10 @@ class GReaTer(Teleprompter):
         gradient_model: str | os.PathLike[str] | None = None,
         task_lm: Any = None,
         adapter: ForcedExtractionAdapter | None = None,
-        initial_instructions: str | None = None,
+        initial_instructions: str | dict[str, str] | None = None,
         predictor: str | None = None,
+        rounds: int = 1,
+        metric_threshold: float | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         num_threads: int = 16,
         max_errors: int | None = None,
@@ -179,7 +231,10 @@ class GReaTer(Teleprompter):
         self.metric = metric
         self.auto, self.steps, self.config = auto, steps, config
         self.gradient_model, self.task_lm, self.adapter = gradient_model, task_lm, adapter
+        if rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds}.")
         self.initial_instructions, self.predictor = initial_instructions, predictor
+        self.rounds, self.metric_threshold = rounds, metric_threshold
         self.run_dir, self.num_threads, self.max_errors = run_dir, num_threads, max_errors
         self.seed, self.dtype = seed, dtype
         self.validate_every_step, self.progress, self.on_step = validate_every_step, progress, on_step
@@ -199,7 +254,7 @@ class GReaTer(Teleprompter):
                 teacher: Any = None, valset: list[dspy.Example] | None = None,
                 resume: bool = False, run_dir: str | os.PathLike[str] | None = None,
                 **kwargs: Any) -> dspy.Module:
-        """A copy of ``student`` whose predictor's instructions GReaTer optimized (nothing else
+        """A copy of ``student`` whose predictors' instructions GReaTer optimized (nothing else
         changes). ``resume=True`` continues the run in ``run_dir`` where it stopped."""
         if kwargs:
             raise TypeError(f"GReaTer.compile got unexpected arguments {sorted(kwargs)}.")
@@ -209,22 +264,23 @@ class GReaTer(Teleprompter):
             raise ValueError("The trainset is empty; GReaTer needs labelled examples (the paper "
                              "uses 50; the light budget uses 8 for the search).")
         program = student.deepcopy()
-        name, predictor = self._pick_predictor(program)
-        signature = predictor.signature
-        outputs = list(signature.output_fields)
-        if len(outputs) != 2:
-            raise ValueError(
-                f"GReaTer reasons in one output field and answers in another; predictor {name!r} "
-                f"has output fields {outputs}. Wrap it in dspy.ChainOfThought.")
+        stages = self._pick_stages(program)
+        targets = {name: target_field(name, predictor.signature) for name, predictor in stages}
+        starts = self._starts(stages)
         config = self.search_config()
-        trainset = self._checked("trainset", trainset, signature, outputs[1])
-        split_off = valset is None
-        if split_off:
-            trainset, valset = self._split(trainset, config)
+        if len(stages) == 1:
+            [(name, predictor)] = stages
+            check = lambda which, examples: self._checked(  # noqa: E731
+                which, examples, list(predictor.signature.input_fields), targets[name])
         else:
-            valset = self._checked("valset", valset, signature, outputs[1])
+            check = lambda which, examples: self._checked(which, examples, None, None)  # noqa: E731
+        trainset = check("trainset", trainset)
+        split_off = valset is None
+        valset = self._split(trainset) if split_off else check("valset", valset)
+        if split_off:
+            trainset = trainset[: -len(valset)]
 
-        lm = self.task_lm or predictor.lm or dspy.settings.lm
+        lm = self.task_lm or stages[0][1].lm or dspy.settings.lm
         if lm is None:
             raise GreaterError("No LM: configure one (dspy.configure(lm=local_lm())), set the "
                                "predictor's lm, or pass task_lm=.")
@@ -233,109 +289,229 @@ class GReaTer(Teleprompter):
         adapter.check_lm(lm)
         reasoner, model_path = self._reasoner(lm)
         gradient = self._gradient_model(model_path)
-        renderer = AdapterRenderer(signature, gradient.tokenizer, adapter,
-                                   demos=list(predictor.demos), constrained=adapter.constrains(lm))
-        original = self.initial_instructions or signature.instructions
-        # The slot is one line: ChatAdapter indents further lines, which the search cannot edit.
-        start = " ".join(original.split())
-        if start != original:
-            logger.info("GReaTer optimizes one line of instructions; starting from %r.", start)
 
         folder = Path(run_dir or self.run_dir or tempfile.mkdtemp(prefix="greater-run-"))
-        identity = {"search": asdict(config), "predictor": name, "signature": _describe(signature),
-                    "start": original, "placement": adapter.instructions, "model": model_path,
+        identity = {"search": asdict(config), "rounds": self.rounds,
+                    "predictors": {name: _describe(p.signature) for name, p in stages},
+                    "start": starts, "placement": adapter.instructions, "model": model_path,
                     "trainset": _digest(trainset), "valset": _digest(valset),
-                    "metric": getattr(self.metric, "__qualname__", repr(self.metric))}
+                    "metric": getattr(self.metric, "__qualname__", repr(self.metric)),
+                    "metric_threshold": self.metric_threshold}
         run = RunDir(folder, identity, resume=resume)
         logger.info("GReaTer run directory: %s", folder)
         max_errors = self.max_errors if self.max_errors is not None else dspy.settings.max_errors
-        scorer = _MetricScorer(metric=self.metric, examples=trainset[: config.num_examples], lm=lm,
-                               adapter=adapter, renderer=renderer, gradient_model=gradient,
-                               nll_weight=config.selection_nll_weight,
-                               num_threads=self.num_threads, max_errors=max_errors)
-        evaluate = _Validator(program, name, valset, self.metric, lm, adapter, self.num_threads,
-                              max_errors, run)
+        job = _Job(program=program, trainset=trainset, valset=valset, config=config, lm=lm,
+                   adapter=adapter, reasoner=reasoner, gradient=gradient, folder=folder,
+                   resume=resume, max_errors=max_errors, single=len(stages) == 1,
+                   validation=_ProgramScores(program, valset, self.metric, lm, adapter,
+                                             self.num_threads, max_errors,
+                                             folder / "validation.json"),
+                   training=_ProgramScores(program, trainset[: config.num_examples], self.metric,
+                                           lm, adapter, self.num_threads, max_errors, None))
+        results: list[StageRun] = []
+        try:
+            for round_ in range(self.rounds):
+                for name, predictor in stages:
+                    start = starts[name] if round_ == 0 else predictor.signature.instructions
+                    results.append(self._stage(job, name, predictor, round_, start))
+        finally:
+            run.close()
+        report = GReaTerRun(run_dir=folder, placement=adapter.instructions, model=model_path,
+                            proxy_model=self.task_lm is not None, validation_size=len(valset),
+                            validation_from_trainset=split_off, stages=results)
+        run.save_result({"instructions": {name: p.signature.instructions for name, p in stages},
+                         "validation_size": len(valset), "validation_from_trainset": split_off,
+                         "stages": [_stage_json(stage) for stage in results]})
+        _plot(folder / "scores.png", results)
+        for stage in results:
+            start_score, best_score = (stage.validation.get(stage.start_instructions),
+                                       stage.validation.get(stage.instructions))
+            logger.info("GReaTer %s (round %d): %r -> %r; validation %s -> %s (n=%d)",
+                        stage.predictor, stage.round, stage.start_instructions, stage.instructions,
+                        _fmt(start_score, len(valset)), _fmt(best_score, len(valset)), len(valset))
+        program.greater_run = report
+        return program
+
+    def _stage(self, job: _Job, name: str, predictor: Any, round_: int, original: str) -> StageRun:
+        """Optimize one predictor's instructions, the others fixed; leave the validation-best
+        of its candidates (always including ``original``) in the program."""
+        folder = job.folder / "stages" / f"{round_}-{name.replace('/', '_')}"
+        # The slot is one line: ChatAdapter indents further lines, which the search cannot edit.
+        start = " ".join(original.split())
+        if start != original:
+            logger.info("GReaTer optimizes one line of instructions; %s starts from %r.", name,
+                        start)
+        examples, source, skipped = self._targets(job, name, predictor, folder, round_)
+        if skipped:
+            logger.warning("GReaTer skips %s: %s", name, skipped)
+            return StageRun(name, round_, original, original, validation={}, train_scores=[],
+                            validation_per_step=[], targets=source, examples=len(examples),
+                            skipped=skipped)
+        signature = predictor.signature
+        renderer = AdapterRenderer(signature, job.gradient.tokenizer, job.adapter,
+                                   demos=list(predictor.demos),
+                                   constrained=job.adapter.constrains(job.lm))
+        shared_context = job.adapter.instructions == "system"
+        if job.single:
+            scorer: Any = _MetricScorer(
+                metric=self.metric, examples=examples[: job.config.num_examples], lm=job.lm,
+                adapter=job.adapter, renderer=renderer, gradient_model=job.gradient,
+                nll_weight=job.config.selection_nll_weight, num_threads=self.num_threads,
+                max_errors=job.max_errors)
+        else:
+            scorer = _ProgramScorer(scores=job.training, stage=name, renderer=renderer,
+                                    gradient_model=job.gradient,
+                                    nll_weight=job.config.selection_nll_weight,
+                                    shared_context=shared_context)
+        run = RunDir(folder, {"predictor": name, "round": round_, "start": original,
+                              "targets": _digest(examples)}, resume=job.resume)
 
         def after_step(record: StepRecord) -> None:
             if self.validate_every_step:
-                evaluate(record.prompt_after)
+                job.validation(name, record.prompt_after)
             if self.on_step is not None:
                 self.on_step(record)
 
+        def validated(record: StepRecord) -> float | None:  # from the cache, on resume too
+            return job.validation(name, record.prompt_after) if self.validate_every_step else None
+
         try:
             result = run_greater(
-                trainset, initial_prompt=start, renderer=renderer, reasoner=reasoner,
-                gradient_model=gradient, config=config, scorer=scorer,
-                reasoning_cache=run.generations, state=run.state() if resume else None,
-                on_checkpoint=run.save_state, on_step=after_step, progress=self.progress)
+                examples, initial_prompt=start, renderer=renderer, reasoner=job.reasoner,
+                gradient_model=job.gradient, config=job.config, scorer=scorer,
+                reasoning_cache=run.generations, state=run.state() if job.resume else None,
+                on_checkpoint=run.save_state, on_step=after_step, progress=self.progress,
+                desc="GReaTer" if job.single else f"GReaTer {name}")
             candidates = list(dict.fromkeys([original, start,
                                              *(text for text, _, _ in result.top_prompts)]))
-            validation = {text: evaluate(text) for text in candidates}
+            validation = {text: job.validation(name, text) for text in candidates}
             scored = {renderer.decode_prompt(ids): s for ids, s in run.state().scores.items()}
             train_scores = [1.0 - scored[r.prompt_after].mistake_rate for r in result.history]
         finally:
             run.close()
         best = max(candidates, key=lambda text: (validation[text], -candidates.index(text)))
         predictor.signature = signature.with_instructions(best)
-        report = GReaTerRun(
-            run_dir=folder, predictor=name, placement=adapter.instructions, model=model_path,
-            proxy_model=self.task_lm is not None, start_instructions=original, instructions=best,
-            validation=validation, validation_size=len(valset),
-            validation_from_trainset=split_off, train_scores=train_scores, search=result)
-        run.save_result({"instructions": best, "start_instructions": original,
-                         "validation": validation, "validation_size": len(valset),
-                         "validation_from_trainset": split_off, "train_scores": train_scores,
-                         "validation_per_step": evaluate.per_step(result.history)})
-        _plot(folder / "scores.png", train_scores, evaluate.per_step(result.history),
-              validation[original])
-        n = len(valset)
-        logger.info("GReaTer: %r -> %r; validation %.3f ± %.3f -> %.3f (n=%d)", original, best,
-                    validation[original], _se(validation[original], n), validation[best], n)
-        program.greater_run = report
-        return program
+        stage = StageRun(name, round_, original, best, validation, train_scores,
+                         [validated(record) for record in result.history], source, len(examples),
+                         result)
+        run.save_result(_stage_json(stage))
+        return stage
+
+    def _targets(self, job: _Job, name: str, predictor: Any, folder: Path, round_: int
+                 ) -> tuple[list[dspy.Example], str, str | None]:
+        """The stage's examples for the gradient loss, their source, and why the stage is
+        skipped (or None). Kept in ``targets.json``: a resumed run reuses them instead of tracing
+        again (vLLM on CPU is not batch-invariant)."""
+        if job.single:
+            return job.trainset, "labels", None
+        stored = folder / "targets.json"
+        if job.resume and stored.exists():
+            data = json.loads(stored.read_text())
+            examples = [dspy.Example(**row["fields"]).with_inputs(*row["inputs"])
+                        for row in data["examples"]]
+            return examples, data["source"], data["skipped"]
+        with dspy.context(lm=job.lm, adapter=job.adapter):
+            traced = trace_program(job.program, job.trainset, self.metric,
+                                   threshold=self.metric_threshold, num_threads=self.num_threads,
+                                   max_errors=job.max_errors)
+        if not traced.passing:
+            raise GreaterError(
+                f"No run of the program passed the metric on the {len(job.trainset)} training "
+                f"examples (mean score {traced.score:.3f}), so no stage has a target. Try more "
+                "or easier examples, a lower metric_threshold, or starting instructions that "
+                "pass on some examples.")
+        examples, source, skipped = stage_examples(name, predictor, traced), "traces", None
+        needed = max(2, job.config.subset_size)
+        if len(examples) < needed:
+            labelled = self._labelled(job, name, predictor, traced)
+            if len(labelled) >= needed:
+                logger.warning("Only %d passing calls of %s; its targets are the examples' own "
+                               "labels instead (%d calls).", len(examples), name, len(labelled))
+                examples, source = labelled, "labels"
+            else:
+                skipped = (f"{len(examples)} passing calls in {len(traced.passing)} passing runs "
+                           f"(of {len(job.trainset)}); it needs {needed}. Add training examples.")
+        logger.info("%s (round %d): %d target examples from %s; %d of %d runs pass (score %.3f).",
+                    name, round_, len(examples), source, len(traced.passing), len(job.trainset),
+                    traced.score)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(stored, {"source": source, "skipped": skipped, "examples": [
+            {"fields": dict(ex.items()), "inputs": sorted(ex.inputs().keys())}
+            for ex in examples]})
+        return examples, source, skipped
+
+    @staticmethod
+    def _labelled(job: _Job, name: str, predictor: Any, traced: TracedRuns) -> list[dspy.Example]:
+        """The last stage's fallback: its traced inputs with the examples' own labels, when its
+        target field is a label of the trainset."""
+        target = target_field(name, predictor.signature)
+        last = job.program.named_predictors()[-1][1]
+        if predictor is not last or not all(target in ex for ex in job.trainset):
+            return []
+        return label_examples(name, predictor, traced)
 
     # -- pieces ------------------------------------------------------------------------------
-    def _pick_predictor(self, program: dspy.Module) -> tuple[str, Any]:
+    def _pick_stages(self, program: dspy.Module) -> list[tuple[str, Any]]:
         named = program.named_predictors()
         if not named:
             raise ValueError("The program has no predictors (dspy.Predict / ChainOfThought) to "
                              "optimize.")
-        if self.predictor is not None:
-            for name, predictor in named:
-                if name == self.predictor:
-                    return name, predictor
-            raise ValueError(f"No predictor named {self.predictor!r}; the program has "
-                             f"{[n for n, _ in named]}.")
-        if len(named) > 1:
-            raise ValueError(f"The program has {len(named)} predictors {[n for n, _ in named]}; "
-                             "GReaTer optimizes one: pick it with GReaTer(predictor=NAME).")
-        return named[0]
+        if self.predictor is None:
+            return named
+        for name, predictor in named:
+            if name == self.predictor:
+                return [(name, predictor)]
+        raise ValueError(f"No predictor named {self.predictor!r}; the program has "
+                         f"{[n for n, _ in named]}.")
 
-    def _checked(self, which: str, examples: list[Any], signature: Any, label: str
-                 ) -> list[dspy.Example]:
+    def _starts(self, stages: list[tuple[str, Any]]) -> dict[str, str]:
+        given = self.initial_instructions
+        if given is None:
+            given = {}
+        elif isinstance(given, str):
+            if len(stages) > 1:
+                raise ValueError("initial_instructions= as one string sets one predictor's start; "
+                                 "this program has several: pass {name: instructions} or "
+                                 "predictor=NAME.")
+            given = {stages[0][0]: given}
+        unknown = sorted(set(given) - {name for name, _ in stages})
+        if unknown:
+            raise ValueError(f"initial_instructions names {unknown}, which are not among the "
+                             f"predictors optimized: {[n for n, _ in stages]}.")
+        return {name: given.get(name) or predictor.signature.instructions
+                for name, predictor in stages}
+
+    def _checked(self, which: str, examples: list[Any], inputs: list[str] | None,
+                 label: str | None) -> list[dspy.Example]:
+        """Examples with the inputs the program needs (``inputs``: the one predictor's input
+        fields; None: the examples' own ``with_inputs``) and the label the gradient targets."""
         checked = []
         for i, example in enumerate(examples):
-            missing = [k for k in signature.input_fields if k not in example]
+            if inputs is None and not example._input_keys:
+                raise ValueError(f"Example {i} of the {which} does not say which fields are the "
+                                 f"program's inputs: use dspy.Example(...).with_inputs(...). "
+                                 f"{example}")
+            missing = [k for k in inputs or [] if k not in example]
             if missing:
                 raise ValueError(f"Example {i} of the {which} lacks the input field(s) {missing} "
-                                 f"that the signature {_describe(signature)!r} needs: {example}")
-            if label not in example:
+                                 f"that the program needs: {example}")
+            if label is not None and label not in example:
                 raise ValueError(f"Example {i} of the {which} has no {label!r}: GReaTer needs it "
                                  f"as the gradient's target (and the metric compares it).")
             if not example._input_keys:
-                example = example.with_inputs(*signature.input_fields)
+                example = example.with_inputs(*inputs)
             checked.append(example)
         return checked
 
-    def _split(self, trainset: list[dspy.Example], config: GreaterConfig
-               ) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    @staticmethod
+    def _split(trainset: list[dspy.Example]) -> list[dspy.Example]:
         if len(trainset) < 3:
             raise ValueError("Without a valset GReaTer splits one off the trainset, which needs "
                              f"at least 3 examples; got {len(trainset)}. Pass valset=.")
         held = max(1, len(trainset) // 3)
         logger.warning("No valset given: using the last %d of the %d training examples for "
                        "validation.", held, len(trainset))
-        return trainset[:-held], trainset[-held:]
+        return trainset[-held:]
 
     def _reasoner(self, lm: Any) -> tuple[Any, str]:
         from .adapters.lm import LocalEngine
@@ -358,34 +534,68 @@ class GReaTer(Teleprompter):
         return HFGradientModel(path, dtype=self.dtype)
 
 
-class _Validator:
-    """Scores of instructions on the validation set by the real program, kept in the run dir."""
+@dataclass
+class _Job:
+    """What every stage of one compile shares."""
 
-    def __init__(self, program: dspy.Module, predictor: str, valset: list[dspy.Example],
-                 metric: Callable, lm: Any, adapter: Any, num_threads: int, max_errors: int,
-                 run: RunDir) -> None:
-        self.program, self.predictor, self.valset, self.metric = program, predictor, valset, metric
+    program: dspy.Module
+    trainset: list[dspy.Example]
+    valset: list[dspy.Example]
+    config: GreaterConfig
+    lm: Any
+    adapter: ForcedExtractionAdapter
+    reasoner: Any
+    gradient: Any
+    folder: Path
+    resume: bool
+    max_errors: int
+    single: bool
+    validation: _ProgramScores
+    training: _ProgramScores
+
+
+class _ProgramScores:
+    """The whole program's mean metric on a set of examples with one predictor's instructions
+    replaced (the others as they stand in ``program``); cached in ``cache_file``, keyed by every
+    predictor's instructions."""
+
+    def __init__(self, program: dspy.Module, examples: list[dspy.Example], metric: Callable,
+                 lm: Any, adapter: Any, num_threads: int, max_errors: int,
+                 cache_file: Path | None) -> None:
+        self.program, self.examples, self.metric = program, examples, metric
         self.lm, self.adapter, self.num_threads, self.max_errors = lm, adapter, num_threads, max_errors
-        self.cache_file = run.path / "validation.json"
-        self.scores: dict[str, float] = (json.loads(self.cache_file.read_text())
-                                         if self.cache_file.exists() else {})
+        self.cache_file = cache_file
+        self.scores: dict[str, float] = (json.loads(cache_file.read_text())
+                                         if cache_file is not None and cache_file.exists() else {})
 
-    def __call__(self, instructions: str) -> float:
-        if instructions not in self.scores:
-            candidate = self.program.deepcopy()
-            predictor = dict(candidate.named_predictors())[self.predictor]
-            predictor.signature = predictor.signature.with_instructions(instructions)
+    def __call__(self, predictor: str, instructions: str) -> float:
+        candidate = self.program.deepcopy()
+        chosen = dict(candidate.named_predictors())[predictor]
+        chosen.signature = chosen.signature.with_instructions(instructions)
+        key = json.dumps({n: p.signature.instructions for n, p in candidate.named_predictors()},
+                         sort_keys=True)
+        if key not in self.scores:
             metric = lambda ex, pred, trace=None: metric_value(self.metric(ex, pred, trace))  # noqa: E731
             with dspy.context(lm=self.lm, adapter=self.adapter):
-                result = dspy.Evaluate(devset=self.valset, metric=metric,
+                result = dspy.Evaluate(devset=self.examples, metric=metric,
                                        num_threads=self.num_threads, display_progress=False,
                                        max_errors=self.max_errors, failure_score=0.0)(candidate)
-            self.scores[instructions] = sum(s for _, _, s in result.results) / len(self.valset)
-            write_json_atomically(self.cache_file, self.scores)
-        return self.scores[instructions]
+            self.scores[key] = sum(s for _, _, s in result.results) / len(self.examples)
+            if self.cache_file is not None:
+                write_json_atomically(self.cache_file, self.scores)
+        return self.scores[key]
 
-    def per_step(self, history: Sequence[StepRecord]) -> list[float | None]:
-        return [self.scores.get(record.prompt_after) for record in history]
+
+def _stage_json(stage: StageRun) -> dict[str, Any]:
+    return {"predictor": stage.predictor, "round": stage.round,
+            "start_instructions": stage.start_instructions, "instructions": stage.instructions,
+            "validation": stage.validation, "train_scores": stage.train_scores,
+            "validation_per_step": stage.validation_per_step,
+            "targets": stage.targets, "examples": stage.examples, "skipped": stage.skipped}
+
+
+def _fmt(score: float | None, n: int) -> str:
+    return "-" if score is None else f"{score:.3f} ± {_se(score, n):.3f}"
 
 
 def _describe(signature: Any) -> str:
@@ -403,8 +613,8 @@ def _se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
 
 
-def _plot(path: Path, train: list[float], validation: list[float | None], start: float) -> None:
-    """Train and validation score per step, as a PNG."""
+def _plot(path: Path, stages: list[StageRun]) -> None:
+    """Train and validation score per step (stages one after another), as a PNG."""
     try:
         import matplotlib
 
@@ -414,12 +624,26 @@ def _plot(path: Path, train: list[float], validation: list[float | None], start:
         logger.warning("matplotlib is not installed: no plot (pip install matplotlib).")
         return
     figure, axes = plt.subplots(figsize=(6, 3.5))
-    steps = list(range(1, len(train) + 1))
-    axes.plot(steps, train, marker="o", label="train batch (metric)")
-    points = [(s, v) for s, v in zip(steps, validation) if v is not None]
-    if points:
-        axes.plot(*zip(*points), marker="s", label="validation")
-    axes.axhline(start, color="grey", linestyle="--", label="start (validation)")
+    train, checked, offset = [], [], 0
+    for stage in stages:
+        for i, (score, value) in enumerate(zip(stage.train_scores, stage.validation_per_step),
+                                           offset + 1):
+            train.append((i, score))
+            if value is not None:
+                checked.append((i, value))
+        if len(stages) > 1 and stage.history:
+            axes.axvline(offset + 0.5, color="lightgrey")
+            axes.text(offset + 0.6, 0.02, stage.predictor, fontsize=7, rotation=90,
+                      transform=axes.get_xaxis_transform())
+        offset += len(stage.history)
+    if train:
+        axes.plot(*zip(*train), marker="o", label="train batch (metric)")
+    if checked:
+        axes.plot(*zip(*checked), marker="s", label="validation")
+    starts = [s.validation[s.start_instructions] for s in stages[:1]
+              if s.start_instructions in s.validation]
+    if starts:
+        axes.axhline(starts[0], color="grey", linestyle="--", label="start (validation)")
     axes.set_xlabel("step")
     axes.set_ylabel("score")
     axes.set_title("GReaTer")

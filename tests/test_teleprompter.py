@@ -56,9 +56,10 @@ def test_compile_returns_a_copy_with_only_the_instructions_changed(tiny_lm, tmp_
     state["predict"]["signature"]["instructions"] = before["predict"]["signature"]["instructions"]
     assert state == before  # nothing else changed
     stored = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert stored["schema"] == 1 and stored["result"]["instructions"] == run.instructions
+    assert stored["schema"] == 2 and stored["result"]["instructions"] == {"predict": run.instructions}
     assert (tmp_path / "run" / "scores.png").stat().st_size > 1000
-    assert (tmp_path / "run" / "generations.jsonl").read_text().count("\n") >= 4
+    stage = tmp_path / "run" / "stages" / "0-predict"
+    assert (stage / "generations.jsonl").read_text().count("\n") >= 4
 
 
 def test_a_stopped_compile_resumes_to_the_same_result(tiny_lm, tmp_path):
@@ -161,14 +162,8 @@ def test_bad_input_is_named(tiny_lm, tmp_path):
         with pytest.raises(ValueError, match="no predictors"):
             _optimizer().compile(dspy.Module(), trainset=DATA)
 
-        class Two(dspy.Module):
-            def __init__(self):
-                super().__init__()
-                self.first = dspy.ChainOfThought("question -> draft")
-                self.second = dspy.ChainOfThought("draft -> answer")
-
-        with pytest.raises(ValueError, match=r"2 predictors.*predictor=NAME"):
-            _optimizer().compile(Two(), trainset=DATA)
+        with pytest.raises(ValueError, match="No predictor named 'nope'"):
+            _optimizer(predictor="nope").compile(program, trainset=DATA)
         with pytest.raises(ValueError, match="Wrap it in dspy.ChainOfThought"):
             _optimizer().compile(dspy.Predict("question -> answer"), trainset=DATA)
         with pytest.raises(ValueError, match="at least 3 examples"):
@@ -196,7 +191,7 @@ def test_a_metric_that_keeps_raising_stops_the_run(tiny_lm, tmp_path):
         raise KeyError("gold")
 
     with dspy.context(lm=tiny_lm):
-        with pytest.raises(GreaterError, match=r"metric raised 3 times.*max_errors=2"):
+        with pytest.raises(GreaterError, match=r"metric raised [34] times.*max_errors=2"):
             _optimizer(metric=broken, max_errors=2).compile(
                 dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
                 run_dir=tmp_path / "run")
