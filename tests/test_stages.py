@@ -196,3 +196,28 @@ def test_multi_stage_bad_input_is_named(tiny_lm, tmp_path):
             Crashes(), trainset=DATA[:8], valset=DATA[8:], run_dir=tmp_path / "ok")
     answer = compiled.greater_run.stages[1]
     assert answer.targets == "labels" and answer.examples == 6  # the 6 runs that did not crash
+
+
+def test_predictors_sharing_one_signature_object_change_apart(tiny_lm, tmp_path):
+    class Shared(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            signature = dspy.Signature("question -> answer", "Answer.")
+            self.first = dspy.ChainOfThought(signature)
+            self.second = dspy.ChainOfThought(signature)
+
+        def forward(self, question):
+            first = self.first(question=question).answer
+            return self.second(question=f"{question} (first answer: {first})")
+
+    with dspy.context(lm=tiny_lm):
+        compiled = _optimizer(metric=lambda ex, pred, trace=None: True,
+                              initial_instructions={"second.predict": "Think, then answer."}
+                              ).compile(Shared(), trainset=DATA[:8], valset=DATA[8:],
+                                        run_dir=tmp_path / "run")
+    first, second = compiled.greater_run.stages
+    assert first.skipped  # the tiny model writes empty answers: no traced target
+    assert second.targets == "labels" and len(second.history) == CONFIG.steps
+    assert compiled.first.predict.signature.instructions == "Answer."
+    assert compiled.second.predict.signature.instructions == second.instructions
+    assert second.start_instructions == "Think, then answer."
