@@ -569,12 +569,12 @@ class _ProgramScores:
                                          if cache_file is not None and cache_file.exists() else {})
 
     def __call__(self, predictor: str, instructions: str) -> float:
-        candidate = self.program.deepcopy()
-        chosen = dict(candidate.named_predictors())[predictor]
-        chosen.signature = chosen.signature.with_instructions(instructions)
-        key = json.dumps({n: p.signature.instructions for n, p in candidate.named_predictors()},
-                         sort_keys=True)
-        if key not in self.scores:
+        key = json.dumps({n: instructions if n == predictor else p.signature.instructions
+                          for n, p in self.program.named_predictors()}, sort_keys=True)
+        if key not in self.scores:  # copy the program only to score it, not on a cache hit
+            candidate = self.program.deepcopy()
+            chosen = dict(candidate.named_predictors())[predictor]
+            chosen.signature = chosen.signature.with_instructions(instructions)
             metric = lambda ex, pred, trace=None: metric_value(self.metric(ex, pred, trace))  # noqa: E731
             with dspy.context(lm=self.lm, adapter=self.adapter):
                 result = dspy.Evaluate(devset=self.examples, metric=metric,
