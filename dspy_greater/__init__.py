@@ -22,6 +22,12 @@ _LAZY = {
     "majority_class_rate": "data",
     "standard_error": "data",
     "shipped_bbh_tasks": "data",
+    "Task": "loaders",
+    "load_task": "loaders",
+    "load_gsm8k": "loaders",
+    "load_folio": "loaders",
+    "gsm8k_metric": "loaders",
+    "folio_metric": "loaders",
     "GreaterError": "errors",
     "ForcedExtractionAdapter": "extract",
     "AdapterRenderer": "extract",
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
         standard_error,
     )
     from .errors import GreaterError
+    from .loaders import Task, folio_metric, gsm8k_metric, load_folio, load_gsm8k, load_task
     from .extract import AdapterRenderer, ForcedExtractionAdapter
     from .teleprompter import GReaTer
     from .models import cache_dir, default_model

@@ -65,6 +65,14 @@ def vllm_reasoner(smollm2: Path):
 
 
 @pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The benchmark data folder (bbh/, gsm8k/, folio/); tests and benchmarks only."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
 def shared_bbh() -> Path:
     """The benchmark copy of BIG-Bench Hard (tests and benchmarks only; users have no shared/)."""
     folder = SHARED_DATA / "bbh"
