@@ -70,9 +70,11 @@ class Reasoner(Protocol):
     """Batched greedy generation."""
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = ()
+        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
+        temperature: float = 0.0,
     ) -> list[Completion]:
-        """Continue each token-id prompt greedily (the ids are used as given)."""
+        """Continue each token-id prompt (the ids are used as given): greedily, or sampled at
+        ``temperature`` above 0."""
         ...
 
     def chat(
@@ -118,7 +120,8 @@ class TemplateChat:
     tokenizer: Any
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = ()
+        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
+        temperature: float = 0.0,
     ) -> list[Completion]:
         raise NotImplementedError
 

@@ -92,6 +92,7 @@ class HFReasoner(TemplateChat):
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype, device=device)
         self.model_path = os.fspath(model)
         self.device = device
+        self.generated_sequences = 0  # every completion this reasoner produced (for measuring)
         self.batch_size = batch_size
         self._eos = _eos_ids(self.model, self.tokenizer)
 
@@ -99,18 +100,22 @@ class HFReasoner(TemplateChat):
         return _prompt_logprobs(self.model, ids, self.device)
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = ()
+        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
+        temperature: float = 0.0,
     ) -> list[Completion]:
-        """Continue each token-id prompt greedily, in batches of ``batch_size``."""
+        """Continue each token-id prompt, in batches of ``batch_size``: greedily, or sampled at
+        ``temperature`` above 0."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         completions: list[Completion] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = [list(p) for p in prompts[start : start + self.batch_size]]
-            completions.extend(self._generate(batch, max_new_tokens, list(stop)))
+            completions.extend(self._generate(batch, max_new_tokens, list(stop), temperature))
+        self.generated_sequences += len(prompts)
         return completions
 
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop: list[str]) -> list[Completion]:
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop: list[str],
+                  temperature: float) -> list[Completion]:
         import torch
 
         tok = self.tokenizer
@@ -124,7 +129,8 @@ class HFReasoner(TemplateChat):
                 input_ids=input_ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                do_sample=temperature > 0,
+                **({"temperature": temperature, "top_k": 0} if temperature > 0 else {}),
                 pad_token_id=pad,
                 stop_strings=stop or None,
                 tokenizer=tok if stop else None,

@@ -57,13 +57,16 @@ class _Job:
     max_tokens: int
     stop: tuple[str, ...]
     schema: str | None  # a JSON schema (serialized) the completion must follow
+    temperature: float
     future: Future
 
 
 class LocalEngine:
     """``complete(Request) -> Response`` for ``dspy.LM(engine=...)`` over a local reasoner.
 
-    Greedy decoding only (a ``temperature`` above 0 is ignored, with one warning). A conversation
+    Greedy at ``temperature`` 0 (``local_lm``'s default), sampled above it (COPRO, MIPROv2 and
+    GEPA ask for that to vary their proposals; DSPy asks once per candidate for ``n`` > 1,
+    sampled calls vary). A conversation
     that ends with an assistant message is continued, not answered anew. A ``response_format``
     with a JSON schema constrains the completion (vLLM reasoners only). Copies share the engine:
     a deep-copied DSPy program must not copy model weights.
@@ -75,7 +78,6 @@ class LocalEngine:
         self.gather_seconds = gather_ms / 1000
         self.batch_sizes: list[int] = []  # size of every batch sent to the model (for measuring)
         self._jobs: queue.Queue[_Job] = queue.Queue()
-        self._warned_temperature = False
         self._worker = threading.Thread(target=self._serve, name="dspy-greater-engine", daemon=True)
         self._worker.start()
 
@@ -86,10 +88,7 @@ class LocalEngine:
     def complete(self, request: Any) -> Response:
         conversation = _conversation(request)
         config = request.config
-        if config is not None and (config.temperature or 0) > 0 and not self._warned_temperature:
-            self._warned_temperature = True
-            logger.warning("Local engines decode greedily; temperature=%s is ignored.",
-                           config.temperature)
+        temperature = float((config.temperature if config is not None else None) or 0.0)
         max_tokens = (config.max_tokens if config is not None else None) or DEFAULT_MAX_TOKENS
         stop = tuple(config.stop or ()) if config is not None else ()
         schema = _json_schema(config.response_format if config is not None else None)
@@ -101,7 +100,7 @@ class LocalEngine:
         [ids] = chat_prompt_ids(self.reasoner.tokenizer, [conversation],  # type: ignore[attr-defined]
                                 continue_final_message=continuing)
         future: Future = Future()
-        self._jobs.put(_Job(ids, max_tokens, stop, schema, future))
+        self._jobs.put(_Job(ids, max_tokens, stop, schema, temperature, future))
         completion: Completion = future.result()
         return Response(
             id=None, model=request.model, message=Message.assistant(completion.text),
@@ -124,12 +123,15 @@ class LocalEngine:
                     jobs.append(self._jobs.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
-            groups: dict[tuple[int, tuple[str, ...], str | None], list[_Job]] = {}
+            groups: dict[tuple[int, tuple[str, ...], str | None, float], list[_Job]] = {}
             for job in jobs:
-                groups.setdefault((job.max_tokens, job.stop, job.schema), []).append(job)
-            for (max_tokens, stop, schema), group in groups.items():
+                key = (job.max_tokens, job.stop, job.schema, job.temperature)
+                groups.setdefault(key, []).append(job)
+            for (max_tokens, stop, schema, temperature), group in groups.items():
                 self.batch_sizes.append(len(group))
-                options = {} if schema is None else {"json_schema": json.loads(schema)}
+                options: dict[str, Any] = {} if schema is None else {"json_schema": json.loads(schema)}
+                if temperature > 0:  # keyword only when sampling: greedy reasoners need not know it
+                    options["temperature"] = temperature
                 try:
                     outs = self.reasoner.generate([j.ids for j in group], max_new_tokens=max_tokens,
                                                   stop=stop, **options)

@@ -121,6 +121,7 @@ class VLLMReasoner(TemplateChat):
         self.llm = _ENGINES[key]
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
+        self.generated_sequences = 0  # every completion this reasoner produced (for measuring)
         self.progress = progress
         self.log_stats = log_stats
         self._sampling = vllm.SamplingParams
@@ -137,8 +138,10 @@ class VLLMReasoner(TemplateChat):
         max_new_tokens: int,
         stop: Sequence[str] = (),
         json_schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
     ) -> list[Completion]:
-        """Continue every token-id prompt greedily, in one vLLM call.
+        """Continue every token-id prompt, in one vLLM call: greedily, or sampled at
+        ``temperature`` above 0 (as proposal-writing optimizers such as COPRO ask).
 
         With ``json_schema`` the completions are constrained to JSON that the schema accepts
         (vLLM's structured outputs), e.g. ``{"enum": ["True", "False"]}``.
@@ -157,10 +160,11 @@ class VLLMReasoner(TemplateChat):
             from vllm.sampling_params import StructuredOutputsParams
 
             structured = StructuredOutputsParams(json=json_schema)
-        params = self._sampling(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None,
-                                structured_outputs=structured)
+        params = self._sampling(temperature=temperature, max_tokens=max_new_tokens,
+                                stop=list(stop) or None, structured_outputs=structured)
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params,
                                     use_tqdm=self.progress)
+        self.generated_sequences += len(prompts)
         completions = []
         for output in outputs:
             out = output.outputs[0]

@@ -1,22 +1,68 @@
-"""Time and peak memory of one GReaTer step, per phase, fp32 vs bf16 (SmolLM2, CPU).
+"""Time and peak memory of one GReaTer step, per phase (SmolLM2, CPU), against the paper's
+reference procedure on the same model and data.
 
-One step on 8 BBH examples with 128 reasoning tokens, HF `generate` as the reasoner. Each
-precision runs in its own process so that peak RSS is its own. Prints a Markdown table.
+One step on 8 BBH examples with 128 reasoning tokens and a shortlist of 3 candidates, for each
+variant: ``reference`` (the published procedure: HF generation one example at a time, full
+forward passes with full-vocabulary logits; ``reference_step.py``), our search with HF
+``generate`` (batched) or with vLLM, in float32 or bfloat16. Each variant runs in its own process,
+so that its peak memory (the process and its children: vLLM's engine) is its own. Prints a
+Markdown table, then the bf16-vs-fp32 gradient agreement.
 
-    python benchmarks/step_phases.py [--task sports_understanding] [--examples 8] [--tokens 128]
+    python benchmarks/step_phases.py [--variants reference,vllm-float32] [--skip-agreement]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
-def one_step(task: str, examples: int, tokens: int, dtype: str) -> dict:
+VARIANTS = {
+    # name: (reasoner, gradient model, dtype)
+    "reference": ("hf-unbatched", "full-vocabulary", "float32"),
+    "hf-float32": ("hf", "ours", "float32"),
+    "hf-bfloat16": ("hf", "ours", "bfloat16"),
+    "vllm-float32": ("vllm", "ours", "float32"),
+    "vllm-bfloat16": ("vllm", "ours", "bfloat16"),
+}
+
+
+class PeakMemory:
+    """Peak resident memory of this process and its children (vLLM's engine is a child), sampled
+    every 50 ms in a thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self._me, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.05):
+            total = 0
+            for proc in [self._me, *self._me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**30
+
+
+def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
     import torch
 
     import dspy_greater
@@ -24,27 +70,42 @@ def one_step(task: str, examples: int, tokens: int, dtype: str) -> dict:
     from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
     from dspy_greater.search import GreaterConfig, run_greater
 
+    memory = PeakMemory()
     torch.manual_seed(0)
+    reasoner_kind, gradient_kind, dtype = VARIANTS[variant]
     path = dspy_greater.default_model()
     data = dspy_greater.split(dspy_greater.load_bbh(task), train=examples, dev=0).train
-    model = HFGradientModel(path, dtype=dtype)
-    reasoner = HFReasoner(path, dtype=dtype, batch_size=examples)
+    if gradient_kind == "full-vocabulary":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from reference_step import FullVocabularyGradientModel, unbatched_reasoner
+
+        model = FullVocabularyGradientModel(path, dtype=dtype)
+        reasoner = unbatched_reasoner(path, dtype=dtype)
+    else:
+        model = HFGradientModel(path, dtype=dtype)
+        if reasoner_kind == "vllm":
+            from dspy_greater.adapters.vllm_engine import VLLMReasoner
+
+            reasoner = VLLMReasoner(path, dtype=dtype)
+        else:
+            reasoner = HFReasoner(path, dtype=dtype, batch_size=examples)
     config = GreaterConfig.cpu(steps=1, num_examples=examples, max_reasoning_tokens=tokens)
     started = time.perf_counter()
     result = run_greater(data, initial_prompt=PAPER_PROMPT, config=config,
                          renderer=ChatTemplateRenderer(model.tokenizer), reasoner=reasoner,
-                         gradient_model=model, progress=False)
+                         gradient_model=model, progress=False, check_models=False)
     total = time.perf_counter() - started
     [step] = result.history
     return {
-        "dtype": dtype,
+        "variant": variant,
         "reason": result.setup_seconds["reason"],
         "propose": step.seconds["propose"],
         "gradient": step.seconds["gradient"],
         "select": step.seconds["select"],
         "candidates": len(step.candidates),
+        "chosen": step.prompt_after,
         "total": total,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_gib": memory.stop(),
     }
 
 
@@ -85,8 +146,10 @@ def main() -> None:
     parser.add_argument("--task", default="sports_understanding")
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--variants", default="reference,hf-float32,vllm-float32,vllm-bfloat16",
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
     parser.add_argument("--skip-agreement", action="store_true",
                         help="skip the bf16-vs-fp32 gradient comparison")
     args = parser.parse_args()
@@ -94,25 +157,29 @@ def main() -> None:
         print("RESULT", json.dumps(one_step(args.task, args.examples, args.tokens, args.child)))
         return
     rows = []
-    for dtype in args.dtypes.split(","):
-        out = subprocess.run([sys.executable, __file__, "--child", dtype, "--task", args.task,
+    for variant in args.variants.split(","):
+        out = subprocess.run([sys.executable, __file__, "--child", variant, "--task", args.task,
                               "--examples", str(args.examples), "--tokens", str(args.tokens)],
                              check=True, capture_output=True, text=True).stdout
         # The engines may log to stdout too: take the marked line.
         rows.append(json.loads(next(line[len("RESULT "):] for line in out.splitlines()
                                     if line.startswith("RESULT "))))
     print(f"One GReaTer step: {args.examples} examples of {args.task}, {args.tokens} reasoning "
-          "tokens, SmolLM2-135M, CPU, HF generate\n")
-    print("| precision | reason (1 prompt) | propose | gradient | select (3 prompts) | "
-          "step total | candidates | peak RSS |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "tokens, shortlist 3, SmolLM2-135M, CPU\n")
+    reference = next((r["total"] for r in rows if r["variant"] == "reference"), None)
+    print("| variant | reason (1 prompt) | propose | gradient | select (3 prompts) | "
+          "step total | vs reference | candidates | chosen | peak memory |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['dtype']} | {r['reason']:.1f} s | {r['propose']:.1f} s | {r['gradient']:.1f} s "
-              f"| {r['select']:.1f} s | {r['total']:.1f} s | {r['candidates']} "
-              f"| {r['peak_rss_gb']:.1f} GB |")
+        ratio = f"{reference / r['total']:.1f}× faster" if reference else ""
+        print(f"| {r['variant']} | {r['reason']:.1f} s | {r['propose']:.1f} s | "
+              f"{r['gradient']:.1f} s | {r['select']:.1f} s | {r['total']:.1f} s | {ratio} | "
+              f"{r['candidates']} | {r['chosen']!r} | {r['peak_gib']:.2f} GiB |")
     for r in rows:
         phases = {k: r[k] for k in ("reason", "propose", "gradient", "select")}
-        print(f"\n{r['dtype']}: slowest phase is {max(phases, key=phases.get)}")
+        print(f"\n{r['variant']}: slowest phase is {max(phases, key=phases.get)}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     if args.skip_agreement:
         return
     print("\nbf16 vs fp32 gradients over the same candidates (same reasoning)\n")

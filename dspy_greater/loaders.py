@@ -251,9 +251,9 @@ def load_task(data: str | Path, *, train: int | None = None, dev: int | None = N
             splits = Splits(splits.train[:train], splits.dev[:dev], splits.test)
         else:
             splits = split(examples, train=train, dev=dev, seed=seed)
+        rule = "" if len(examples) >= 250 else " (under 250 examples: 20 % / 40 % / the rest)"
         protocol = (f"BBH: shuffled with seed {seed}; {full_train} train / {full_dev} dev / the "
-                    f"rest test (a task under 250 examples: 20 % / 40 % / the rest); this run "
-                    f"uses {train} / {dev} / {len(splits.test)}")
+                    f"rest test{rule}; this run uses {train} / {dev} / {len(splits.test)}")
     else:
         loaded = load_gsm8k(data) if kind == "gsm8k" else load_folio(data)
         pool_name, test_name = ("train", "test") if kind == "gsm8k" else ("train", "validation")

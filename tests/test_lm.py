@@ -65,3 +65,21 @@ def test_hf_fallback_is_chosen_by_name(tiny_model):
     assert isinstance(reasoner, HFReasoner)
     with pytest.raises(ValueError, match="backend"):
         make_reasoner(tiny_model, backend="tpu")
+
+
+def test_sampling_when_asked_greedy_otherwise(lm):
+    """Proposal-writing optimizers (COPRO, MIPROv2, GEPA) ask for n samples at a temperature:
+    each candidate is its own sampled call; at temperature 0 they are all the same."""
+    messages = [{"role": "user", "content": "Write one creative instruction for a quiz."}]
+    sampled = lm(messages=messages, temperature=1.5, n=4)
+    greedy = lm(messages=messages, temperature=0.0, n=3)
+    assert len(sampled) == 4 and len(set(sampled)) >= 3, sampled
+    assert len(greedy) == 3 and len(set(greedy)) == 1
+
+
+def test_hf_reasoner_samples_at_a_temperature(tiny_model):
+    reasoner = HFReasoner(tiny_model)
+    prompt = [reasoner.tokenizer("Hello there")["input_ids"]] * 4
+    sampled = {c.token_ids for c in reasoner.generate(prompt, max_new_tokens=8, temperature=2.0)}
+    greedy = {c.token_ids for c in reasoner.generate(prompt, max_new_tokens=8)}
+    assert len(sampled) >= 3 and len(greedy) == 1

@@ -1,0 +1,161 @@
+"""The ``dspy-greater`` command line, run as users run it: the installed script, in a subprocess,
+on the embedded model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dspy
+import pytest
+
+from dspy_greater import cli as dspy_greater_cli
+
+SCRIPT = Path(sys.executable).parent / "dspy-greater"
+TINY_RUN = ["--data", "sports_understanding", "--train", "4", "--dev", "4", "--test", "6",
+            "--max-tokens", "24", "--threads", "4"]
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def test_the_script_is_installed_and_every_command_has_help():
+    assert SCRIPT.exists(), "pip install -e . registers the dspy-greater script"
+    top = cli("--help")
+    assert top.returncode == 0 and "optimize" in top.stdout and "evaluate" in top.stdout
+    assert "Exit codes" in top.stdout
+    optimize = cli("optimize", "--help")
+    for option in ("--data", "--optimizer", "--model", "--run-dir", "--steps", "--train",
+                   "--seed", "--resume", "greater,copro,miprov2,gepa,none"):
+        assert option in optimize.stdout, option
+    evaluate = cli("evaluate", "--help")
+    for option in ("--program", "--data", "--model", "--split", "--out"):
+        assert option in evaluate.stdout, option
+
+
+def test_bad_command_lines_are_named(tmp_path):
+    wrong = cli("optimize", "--data", "sports_understanding", "--optimizer", "adam",
+                "--run-dir", str(tmp_path / "run"))
+    assert wrong.returncode == 2
+    assert "invalid choice: 'adam'" in wrong.stderr and "'miprov2'" in wrong.stderr
+    missing = cli("optimize", "--data", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r"))
+    assert missing.returncode == 1 and "No data at" in missing.stderr
+    assert not (tmp_path / "r").exists()  # nothing written for a run that cannot start
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps({"rows": []}))
+    shaped = cli("optimize", "--data", str(rows), "--run-dir", str(tmp_path / "r"))
+    assert shaped.returncode == 1 and "not a BBH task file" in shaped.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = cli("optimize", "--data", "sports_understanding", "--run-dir",
+                     str(blocker / "run"))
+    assert unwritable.returncode == 1 and "Cannot write to" in unwritable.stderr
+    no_program = cli("evaluate", "--program", str(tmp_path / "missing.json"))
+    assert no_program.returncode == 1 and "No program at" in no_program.stderr
+    no_gpu = cli("optimize", "--data", "sports_understanding", "--device", "cuda",
+                 "--run-dir", str(tmp_path / "gpu"))
+    assert no_gpu.returncode == 1 and "no CUDA GPU" in no_gpu.stderr
+
+
+def test_a_run_folder_from_another_run_is_refused(tmp_path):
+    run = tmp_path / "run"
+    done = cli("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run))
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = cli("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run))
+    assert again.returncode == 1 and "already holds a run" in again.stderr
+    other = cli("optimize", *TINY_RUN, "--optimizer", "none", "--seed", "3", "--run-dir",
+                str(run), "--resume")
+    assert other.returncode == 1 and "seed: 0 -> 3" in other.stderr
+    finished = cli("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run),
+                   "--resume")
+    assert finished.returncode == 0 and "is finished" in finished.stdout
+
+
+def test_optimize_then_evaluate_end_to_end(tmp_path):
+    """A tiny real GReaTer run; the saved program loads in `evaluate`, which scores the test
+    split it names and writes JSON."""
+    run = tmp_path / "run"
+    done = cli("optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "1",
+               "--run-dir", str(run))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("program.json", "cli.json", "result.json", "history.json"):
+        assert (run / name).is_file(), name
+    result = json.loads((run / "result.json").read_text())
+    assert result["optimizer"] == "greater" and result["generations"] > 0
+    assert 0.0 <= result["dev_result"] <= 1.0 and result["dev_size"] == 4
+    assert (run / "greater" / "run.json").is_file()  # GReaTer's own history
+    [instructions] = result["instructions"].values()
+
+    scored = cli("evaluate", "--program", str(run / "program.json"))
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    out = json.loads((run / "evaluate-test-embedded.json").read_text())
+    assert out["n"] == 6 and out["split"] == "test" and 0.0 <= out["accuracy"] <= 1.0
+    assert out["instructions"] == result["instructions"]  # the optimized program was loaded
+    assert instructions in (run / "program.json").read_text()
+    assert f"accuracy {out['accuracy']:.3f}" in scored.stdout
+
+
+def test_ctrl_c_leaves_a_resumable_run(tmp_path):
+    run = tmp_path / "run"
+    args = ["optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "3", "--run-dir", str(run)]
+    process = subprocess.Popen([str(SCRIPT), *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 480
+    checkpoint = None
+    while time.monotonic() < deadline and process.poll() is None:
+        found = list((run / "greater" / "stages").glob("*/run.json"))
+        state = json.loads(found[0].read_text()).get("state") if found else None
+        if state and state["steps_done"] >= 1:
+            checkpoint = state
+            break
+        time.sleep(0.5)
+    assert checkpoint is not None, "no step was checkpointed in time"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "--resume" in stderr
+    assert not (run / "result.json").exists()
+
+    resumed = cli("optimize", *args[1:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming" in resumed.stderr
+    [stage] = list((run / "greater" / "stages").glob("*/run.json"))
+    final = json.loads(stage.read_text())["state"]
+    assert final["steps_done"] == 3
+    assert final["history"][0] == checkpoint["history"][0]  # the first step was kept, not redone
+
+
+@pytest.fixture
+def restore_dspy_settings():
+    """`main` configures DSPy globally, as a command does; put the test session's back."""
+    lm, adapter = dspy.settings.lm, dspy.settings.adapter
+    yield
+    dspy.configure(lm=lm, adapter=adapter)
+
+
+@pytest.mark.parametrize("optimizer, budget", [
+    ("copro", ["--candidates", "2", "--depth", "1"]),
+    ("miprov2", ["--candidates", "2", "--trials", "2"]),
+    ("gepa", ["--metric-calls", "12"]),
+])
+def test_dspy_optimizers_run_on_the_small_model(optimizer, budget, tmp_path, capsys,
+                                                restore_dspy_settings):
+    """COPRO, MIPROv2 (instruction-only) and GEPA run through the same command, proposing with
+    the embedded model under the forced-extraction adapter (in this process: one engine)."""
+    run = tmp_path / optimizer
+    code = dspy_greater_cli.main(["optimize", *TINY_RUN, "--no-cache", "--optimizer", optimizer,
+                                  *budget, "--run-dir", str(run)])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["optimizer"] == optimizer and result["demos"] == 0
+    assert result["generations"] > 8  # proposals and evaluations ran on the model
+    json.loads((run / "history.json").read_text())
+    assert (run / "program.json").is_file()
