@@ -65,47 +65,38 @@ def test_bad_command_lines_are_named(tmp_path):
     assert no_gpu.returncode == 1 and "no CUDA GPU" in no_gpu.stderr
 
 
-def test_a_run_folder_from_another_run_is_refused(tmp_path):
+@pytest.fixture
+def restore_dspy_settings():
+    """`main` configures DSPy globally, as a command does; put the test session's back."""
+    lm, adapter = dspy.settings.lm, dspy.settings.adapter
+    yield
+    dspy.configure(lm=lm, adapter=adapter)
+
+
+def run_main(*args: str) -> int:
+    """The command in this process (one vLLM engine for these tests)."""
+    return dspy_greater_cli.main(list(args))
+
+
+def test_a_run_folder_from_another_run_is_refused(tmp_path, capsys, restore_dspy_settings):
     run = tmp_path / "run"
-    done = cli("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run))
-    assert done.returncode == 0, done.stderr[-2000:]
-    again = cli("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run))
-    assert again.returncode == 1 and "already holds a run" in again.stderr
-    other = cli("optimize", *TINY_RUN, "--optimizer", "none", "--seed", "3", "--run-dir",
-                str(run), "--resume")
-    assert other.returncode == 1 and "seed: 0 -> 3" in other.stderr
-    finished = cli("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run),
-                   "--resume")
-    assert finished.returncode == 0 and "is finished" in finished.stdout
+    assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run)) == 0
+    assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run)) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--seed", "3", "--run-dir",
+                    str(run), "--resume") == 1
+    assert "seed: 0 -> 3" in capsys.readouterr().err
+    assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run),
+                    "--resume") == 0
+    assert "is finished" in capsys.readouterr().out
 
 
-def test_optimize_then_evaluate_end_to_end(tmp_path):
-    """A tiny real GReaTer run; the saved program loads in `evaluate`, which scores the test
-    split it names and writes JSON."""
+def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings):
+    """The installed script, interrupted with Ctrl-C after a checkpoint, exits 130; the same
+    command with --resume keeps the checkpointed step and finishes; `evaluate` loads the saved
+    program, scores the test split the run names, and writes JSON."""
     run = tmp_path / "run"
-    done = cli("optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "1",
-               "--run-dir", str(run))
-    assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("program.json", "cli.json", "result.json", "history.json"):
-        assert (run / name).is_file(), name
-    result = json.loads((run / "result.json").read_text())
-    assert result["optimizer"] == "greater" and result["generations"] > 0
-    assert 0.0 <= result["dev_result"] <= 1.0 and result["dev_size"] == 4
-    assert (run / "greater" / "run.json").is_file()  # GReaTer's own history
-    [instructions] = result["instructions"].values()
-
-    scored = cli("evaluate", "--program", str(run / "program.json"))
-    assert scored.returncode == 0, scored.stderr[-3000:]
-    out = json.loads((run / "evaluate-test-embedded.json").read_text())
-    assert out["n"] == 6 and out["split"] == "test" and 0.0 <= out["accuracy"] <= 1.0
-    assert out["instructions"] == result["instructions"]  # the optimized program was loaded
-    assert instructions in (run / "program.json").read_text()
-    assert f"accuracy {out['accuracy']:.3f}" in scored.stdout
-
-
-def test_ctrl_c_leaves_a_resumable_run(tmp_path):
-    run = tmp_path / "run"
-    args = ["optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "3", "--run-dir", str(run)]
+    args = ["optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "2", "--run-dir", str(run)]
     process = subprocess.Popen([str(SCRIPT), *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 480
@@ -124,21 +115,26 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path):
     assert "--resume" in stderr
     assert not (run / "result.json").exists()
 
-    resumed = cli("optimize", *args[1:], "--resume")
+    resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming" in resumed.stderr
     [stage] = list((run / "greater" / "stages").glob("*/run.json"))
     final = json.loads(stage.read_text())["state"]
-    assert final["steps_done"] == 3
+    assert final["steps_done"] == 2
     assert final["history"][0] == checkpoint["history"][0]  # the first step was kept, not redone
+    for name in ("program.json", "cli.json", "result.json", "history.json"):
+        assert (run / name).is_file(), name
+    result = json.loads((run / "result.json").read_text())
+    assert result["optimizer"] == "greater" and result["generations"] > 0
+    assert 0.0 <= result["dev_result"] <= 1.0 and result["dev_size"] == 4
+    [instructions] = result["instructions"].values()
+    assert instructions in (run / "program.json").read_text()
 
-
-@pytest.fixture
-def restore_dspy_settings():
-    """`main` configures DSPy globally, as a command does; put the test session's back."""
-    lm, adapter = dspy.settings.lm, dspy.settings.adapter
-    yield
-    dspy.configure(lm=lm, adapter=adapter)
+    assert run_main("evaluate", "--program", str(run / "program.json")) == 0
+    out = json.loads((run / "evaluate-test-embedded.json").read_text())
+    assert out["n"] == 6 and out["split"] == "test" and 0.0 <= out["accuracy"] <= 1.0
+    assert out["instructions"] == result["instructions"]  # the optimized program was loaded
+    assert f"accuracy {out['accuracy']:.3f}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("optimizer, budget", [
@@ -151,11 +147,26 @@ def test_dspy_optimizers_run_on_the_small_model(optimizer, budget, tmp_path, cap
     """COPRO, MIPROv2 (instruction-only) and GEPA run through the same command, proposing with
     the embedded model under the forced-extraction adapter (in this process: one engine)."""
     run = tmp_path / optimizer
-    code = dspy_greater_cli.main(["optimize", *TINY_RUN, "--no-cache", "--optimizer", optimizer,
-                                  *budget, "--run-dir", str(run)])
+    code = run_main("optimize", *TINY_RUN, "--no-cache", "--optimizer", optimizer, *budget,
+                    "--run-dir", str(run))
     assert code == 0, capsys.readouterr().err[-3000:]
     result = json.loads((run / "result.json").read_text())
     assert result["optimizer"] == optimizer and result["demos"] == 0
     assert result["generations"] > 8  # proposals and evaluations ran on the model
     json.loads((run / "history.json").read_text())
     assert (run / "program.json").is_file()
+
+
+def test_evaluate_on_another_model(tiny_model, tmp_path, capsys, restore_dspy_settings):
+    """Transfer: a saved program is scored on the model named by --model (here a tiny random
+    Llama on the transformers backend), and the result says which model it was."""
+    run = tmp_path / "run"
+    assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--no-cache",
+                    "--run-dir", str(run), "--instructions", "Be brief.") == 0
+    code = run_main("evaluate", "--program", str(run), "--model", str(tiny_model),
+                    "--backend", "hf", "--split", "dev", "--max-tokens", "8")
+    assert code == 0, capsys.readouterr().err[-3000:]
+    out = json.loads((run / f"evaluate-dev-{tiny_model.name}.json").read_text())
+    assert out["model"] == str(tiny_model) and out["n"] == 4 and out["split"] == "dev"
+    assert out["instructions"] == {"predict": "Be brief."}
+    assert out["generations"] >= 4  # the tiny model itself answered
