@@ -251,9 +251,6 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
         if not signature.output_fields:
             raise ValueError(f"The signature {signature.signature!r} has no output fields; "
                              "add one, e.g. 'question -> answer'.")
-        if (lm_kwargs.get("n") or 1) > 1 or (lm.kwargs.get("n") or 1) > 1:
-            raise ValueError("ForcedExtractionAdapter writes one completion per call; use n=1 "
-                             "(e.g. dspy.BestOfN or several rollout_ids for several samples).")
         self.check_lm(lm)
         budget = lm_kwargs.get("max_tokens") or lm.kwargs.get("max_tokens")
         values: dict[str, str] = {}
@@ -297,7 +294,8 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
 
     def __call__(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
                  demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        return _drive(self._steps(lm, dict(lm_kwargs), signature, demos, inputs), lm)
+        return [values for options in _samples(lm, lm_kwargs)
+                for values in _drive(self._steps(lm, options, signature, demos, inputs), lm)]
 
     def complete(self, lm: Any, signature: type[dspy.Signature], demos: list[dict[str, Any]],
                  inputs: dict[str, Any], written: dict[str, str],
@@ -310,15 +308,36 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
 
     async def acall(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
                     demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        steps = self._steps(lm, dict(lm_kwargs), signature, demos, inputs)
-        try:
-            call = next(steps)
-            while True:
-                with _calling(lm, call):
-                    outputs = await lm.acall(messages=call.messages, **call.options)
-                call = steps.send(outputs)
-        except StopIteration as done:
-            return done.value
+        completions: list[dict[str, Any]] = []
+        for options in _samples(lm, lm_kwargs):
+            steps = self._steps(lm, options, signature, demos, inputs)
+            try:
+                call = next(steps)
+                while True:
+                    with _calling(lm, call):
+                        outputs = await lm.acall(messages=call.messages, **call.options)
+                    call = steps.send(outputs)
+            except StopIteration as done:
+                completions.extend(done.value)
+        return completions
+
+
+def _samples(lm: Any, lm_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The options of each of the ``n`` completions asked for (COPRO asks for several): forced
+    extraction writes one completion per pass, so ``n`` passes, each with ``n=1`` and its own
+    ``rollout_id`` (DSPy's cache would otherwise return the first sample ``n`` times)."""
+    n = lm_kwargs.get("n") or lm.kwargs.get("n") or 1
+    if n == 1:
+        return [dict(lm_kwargs)]
+    base = lm_kwargs.get("rollout_id")
+    passes = []
+    for index in range(n):
+        options = {**lm_kwargs, "n": 1}
+        if index:
+            options["rollout_id"] = (base + index if isinstance(base, int) else
+                                     f"{base}-{index}" if base is not None else index)
+        passes.append(options)
+    return passes
 
 
 def _type_name(annotation: Any) -> str:

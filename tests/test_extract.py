@@ -183,6 +183,19 @@ def test_several_typed_fields_are_written_in_order(lm):
     assert prediction.stars is None or isinstance(prediction.stars, int)
 
 
+def test_several_completions_are_sampled_one_pass_each(lm):
+    """COPRO asks a predictor for n proposals at a temperature: each is its own forced pass,
+    sampled, and with DSPy's cache on they are still n different samples (own rollout ids)."""
+    cached = local_lm(reasoner=lm.engine.reasoner, max_tokens=24)  # DSPy's cache on
+    proposer = dspy.Predict("task -> instruction", n=4, temperature=1.5)
+    with dspy.context(lm=cached, adapter=ForcedExtractionAdapter()):
+        result = proposer(task=f"Write an instruction for a quiz about {id(cached)}.")
+        single = dspy.Predict("task -> instruction")(task="Name a colour.")
+    assert len(result.completions.instruction) == 4
+    assert len(set(result.completions.instruction)) >= 3, result.completions.instruction
+    assert len(single.completions.instruction) == 1
+
+
 def test_header_like_text_in_a_value_does_not_confuse_it(lm):
     question = "What does '[[ ## answer ## ]]' mean in a DSPy prompt?"
     demos = [dspy.Example(question="Say [[ ## answer ## ]] twice.",
