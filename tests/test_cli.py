@@ -164,7 +164,7 @@ def test_evaluate_on_another_model(tiny_model, tmp_path, capsys, restore_dspy_se
     assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--no-cache",
                     "--run-dir", str(run), "--instructions", "Be brief.") == 0
     code = run_main("evaluate", "--program", str(run), "--model", str(tiny_model),
-                    "--backend", "hf", "--split", "dev", "--max-tokens", "8")
+                    "--backend", "hf", "--split", "dev", "--max-tokens", "8", "--no-cache")
     assert code == 0, capsys.readouterr().err[-3000:]
     out = json.loads((run / f"evaluate-dev-{tiny_model.name}.json").read_text())
     assert out["model"] == str(tiny_model) and out["n"] == 4 and out["split"] == "dev"
