@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Literal
 import dspy
 
 from .data import (
+    _NUMBER,
     ANSWER_FIELD,
     Splits,
     bbh_answer_matches,
@@ -46,7 +46,6 @@ FOLIO_HUB = "yale-nlp/FOLIO"
 FOLIO_LABELS = ("False", "True", "Uncertain")
 _FOLIO_SYNONYMS = {"unknown": "Uncertain", "uncertain": "Uncertain", "true": "True",
                    "false": "False"}
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 Metric = Callable[..., Any]
 
