@@ -130,14 +130,21 @@ def bbh_metric(example: dspy.Example, prediction: Any, trace: Any = None) -> boo
     return answer is not None and bbh_answer_matches(str(answer), str(example[ANSWER_FIELD]))
 
 
+def closed_labels(examples: Sequence[dspy.Example], max_labels: int = 20) -> tuple[str, ...] | None:
+    """The examples' distinct answers, sorted, when they form a closed set of at most
+    ``max_labels`` labels (a classification task); ``None`` for open answers."""
+    labels = tuple(sorted({str(ex[ANSWER_FIELD]).strip() for ex in examples}))
+    return labels if 0 < len(labels) <= max_labels else None
+
+
 def bbh_program(examples: Sequence[dspy.Example], instructions: str = "Answer the question.",
                 max_labels: int = 20) -> dspy.ChainOfThought:
     """A ``ChainOfThought`` ``question -> answer`` for a BBH task. Where the task's answers form a
     closed set of at most ``max_labels`` labels the answer is typed ``Literal[labels]``, so
     :class:`~dspy_greater.ForcedExtractionAdapter` can constrain decoding to them (the setting
     that lifts SmolLM2's accuracy from near 0 to chance; see the README); otherwise ``str``."""
-    labels = tuple(sorted({str(ex[ANSWER_FIELD]).strip() for ex in examples}))
-    answer_type: Any = Literal[labels] if 0 < len(labels) <= max_labels else str
+    labels = closed_labels(examples, max_labels)
+    answer_type: Any = Literal[labels] if labels else str
     signature = dspy.Signature(
         {INPUT_FIELD: (str, dspy.InputField()), ANSWER_FIELD: (answer_type, dspy.OutputField())},
         instructions)

@@ -22,8 +22,7 @@ Splits follow the GReaTer paper where the data allows:
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from .data import (
     Splits,
     bbh_answer_matches,
     bbh_metric,
+    closed_labels,
     load_bbh,
     shipped_bbh_tasks,
     split,
@@ -186,16 +186,6 @@ def _bbh_sizes(n: int) -> tuple[int, int]:
     return (50, 100) if n >= 250 else (n // 5, 2 * n // 5)
 
 
-def _shuffled_cut(pool: Sequence[dspy.Example], train: int, dev: int, seed: int, what: str
-                  ) -> tuple[list[dspy.Example], list[dspy.Example]]:
-    if train < 1 or dev < 0 or train + dev > len(pool):
-        raise ValueError(f"Cannot take {train} train + {dev} dev examples from the {len(pool)} "
-                         f"of {what}; ask for fewer (train >= 1).")
-    order = list(pool)
-    random.Random(seed).shuffle(order)
-    return order[:train], order[train:train + dev]
-
-
 def _kind(data: str) -> str:
     """``bbh``, ``gsm8k`` or ``folio`` for a path or name; a clear error otherwise."""
     path = Path(data)
@@ -258,9 +248,11 @@ def load_task(data: str | Path, *, train: int | None = None, dev: int | None = N
         pool_name, test_name = ("train", "test") if kind == "gsm8k" else ("train", "validation")
         train, dev = train or 100, 100 if dev is None else dev
         cut = (max(train, 100), max(dev, 100))
-        train_part, dev_part = _shuffled_cut(loaded[pool_name], *cut, seed,
-                                             f"{kind}'s {pool_name} split")
-        splits = Splits(train_part[:train], dev_part[:dev], list(loaded[test_name]))
+        try:
+            drawn = split(loaded[pool_name], train=cut[0], dev=cut[1], seed=seed)
+        except ValueError as exc:
+            raise ValueError(f"{kind}'s {pool_name} split: {exc}") from None
+        splits = Splits(drawn.train[:train], drawn.dev[:dev], list(loaded[test_name]))
         name, metric = kind, gsm8k_metric if kind == "gsm8k" else folio_metric
         protocol = (f"{kind}: 100 train / 100 dev drawn from its {pool_name} split with seed "
                     f"{seed}, test = its {test_name} split; this run uses {train} / {dev} / "
@@ -269,14 +261,8 @@ def load_task(data: str | Path, *, train: int | None = None, dev: int | None = N
     if test is not None:
         splits = Splits(splits.train, splits.dev, splits.test[:test])
     labels = (FOLIO_LABELS if kind == "folio" else None if kind == "gsm8k"
-              else _closed_labels(splits))
+              else closed_labels(splits.train + splits.dev + splits.test))
     return Task(name, splits, metric, inputs, labels, protocol)
-
-
-def _closed_labels(splits: Splits, max_labels: int = 20) -> tuple[str, ...] | None:
-    everything = splits.train + splits.dev + splits.test
-    labels = tuple(sorted({str(ex[ANSWER_FIELD]).strip() for ex in everything}))
-    return labels if len(labels) <= max_labels else None
 
 
 __all__ = ["Task", "load_task", "load_gsm8k", "load_folio", "gsm8k_metric", "folio_metric",

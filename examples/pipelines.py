@@ -30,8 +30,8 @@ from dspy_greater.adapters.lm import local_lm
 
 
 def answer_type(examples: list[dspy.Example]) -> Any:
-    labels = tuple(sorted({str(ex.answer).strip() for ex in examples}))
-    return Literal[labels] if len(labels) <= 20 else str
+    labels = dspy_greater.closed_labels(examples)
+    return Literal[labels] if labels else str
 
 
 class RestateThenAnswer(dspy.Module):
