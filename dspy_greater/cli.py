@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import GreaterError  # light: no torch, no DSPy, so `--help` stays fast
+from .rundir import write_json_atomically
+
 OPTIMIZERS = ("greater", "copro", "miprov2", "gepa", "none")
 SETTINGS = "cli.json"  # what `optimize` was asked to do: a resumed run must ask the same
 PAPER_PROMPT = ("Use proper logical reasoning and think step by step. Finally give the actual "
@@ -197,12 +200,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    from .rundir import write_json_atomically
-
-    write_json_atomically(path, data)
-
-
 # -- optimize ------------------------------------------------------------------------------------
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     data = args.data
@@ -235,7 +232,7 @@ def _prepare_run_dir(folder: Path, settings: dict[str, Any], resume: bool) -> No
             raise CliError(f"{folder} holds a run with other settings ({'; '.join(changed)}). "
                            "Resume with the same options, or choose another --run-dir.")
     _writable_folder(folder)
-    _write_json(stored, settings)
+    write_json_atomically(stored, settings)
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -256,7 +253,7 @@ def _optimize(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     generations = _generations(lm) - generated
     compiled.save(str(folder / "program.json"))
-    _write_json(folder / "history.json", _jsonable(history))
+    write_json_atomically(folder / "history.json", _jsonable(history))
     dev = task.splits.dev
     scores = {}
     if dev:
@@ -267,7 +264,7 @@ def _optimize(args: argparse.Namespace) -> int:
                                for name, p in compiled.named_predictors()},
               "demos": sum(len(p.demos) for _, p in compiled.named_predictors()),
               "seconds": seconds, "generations": generations, "dev_size": len(dev), **scores}
-    _write_json(folder / "result.json", result)
+    write_json_atomically(folder / "result.json", result)
     print(f"{task.name} · {args.optimizer}: {seconds:.0f} s, {generations} generations")
     for name, text in result["instructions"].items():
         print(f"  {name}: {text!r}")
@@ -381,7 +378,7 @@ def _evaluate(args: argparse.Namespace) -> int:
               "seconds": time.perf_counter() - started,
               "generations": _generations(lm) - generated,
               "instructions": {n: p.signature.instructions for n, p in program.named_predictors()}}
-    _write_json(out, result)
+    write_json_atomically(out, result)
     print(f"{task.name} {args.split} (n={len(examples)}): accuracy {accuracy:.3f} ± "
           f"{result['standard_error']:.3f} (majority class {result['majority']:.3f}); wrote {out}")
     return 0
@@ -396,8 +393,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     for noisy in ("dspy", "vllm", "httpx", "LiteLLM"):
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
-    from .errors import GreaterError
-
     try:
         return args.run(args)
     except KeyboardInterrupt:
