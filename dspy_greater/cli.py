@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .errors import GreaterError  # light: no torch, no DSPy, so `--help` stays 
 from .rundir import write_json_atomically
 
 OPTIMIZERS = ("greater", "copro", "miprov2", "gepa", "none")
+RESUMABLE = ("greater", "gepa")  # the others start again on --resume
 SETTINGS = "cli.json"  # what `optimize` was asked to do: a resumed run must ask the same
 PAPER_PROMPT = ("Use proper logical reasoning and think step by step. Finally give the actual "
                 "correct answer.")
@@ -177,6 +179,44 @@ def _generations(lm: Any) -> int:
     return int(getattr(lm.engine.reasoner, "generated_sequences", 0))
 
 
+class _Spending:
+    """The wall time and generations a run has spent, kept in ``spent.json`` (every
+    ``every`` seconds from a background thread, and on the way out) so that a resumed run
+    reports what all its sessions spent, even when an earlier one was killed."""
+
+    FILE = "spent.json"
+
+    def __init__(self, folder: Path, lm: Any, carried: bool, every: float = 30.0) -> None:
+        self.file, self.lm, self.every = folder / self.FILE, lm, every
+        earlier = json.loads(self.file.read_text()) if carried and self.file.exists() else {}
+        self.earlier_seconds = float(earlier.get("seconds", 0.0))
+        self.earlier_generations = int(earlier.get("generations", 0))
+        self.started, self.generated = time.perf_counter(), _generations(lm)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="dspy-greater-spent", daemon=True)
+
+    def totals(self) -> tuple[float, int]:
+        return (self.earlier_seconds + time.perf_counter() - self.started,
+                self.earlier_generations + _generations(self.lm) - self.generated)
+
+    def save(self) -> None:
+        seconds, generations = self.totals()
+        write_json_atomically(self.file, {"seconds": seconds, "generations": generations})
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.every):
+            self.save()
+
+    def __enter__(self) -> _Spending:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.save()
+
+
 def _accuracy(program: Any, examples: list[Any], metric: Any, threads: int) -> float:
     import dspy
 
@@ -247,11 +287,12 @@ def _optimize(args: argparse.Namespace) -> int:
     lm = _lm(settings)
     program = task.program(settings["instructions"])
     logger.info("%s: %s", task.name, task.protocol)
-    started, generated = time.perf_counter(), _generations(lm)
-    compiled, history = _run_optimizer(args.optimizer, program, task, lm, settings, folder,
-                                       args.resume, args.threads)
-    seconds = time.perf_counter() - started
-    generations = _generations(lm) - generated
+    # GReaTer and GEPA continue where they stopped: count their earlier sessions' cost too.
+    carried = args.resume and args.optimizer in RESUMABLE
+    with _Spending(folder, lm, carried) as spending:
+        compiled, history = _run_optimizer(args.optimizer, program, task, lm, settings, folder,
+                                           args.resume, args.threads)
+        seconds, generations = spending.totals()
     compiled.save(str(folder / "program.json"))
     write_json_atomically(folder / "history.json", _jsonable(history))
     dev = task.splits.dev

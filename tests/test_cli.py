@@ -93,7 +93,8 @@ def test_a_run_folder_from_another_run_is_refused(tmp_path, capsys, restore_dspy
 
 def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings):
     """The installed script, interrupted with Ctrl-C after a checkpoint, exits 130; the same
-    command with --resume keeps the checkpointed step and finishes; `evaluate` loads the saved
+    command with --resume keeps the checkpointed step, finishes and reports the cost of both
+    sessions; `evaluate` loads the saved
     program, scores the test split the run names, and writes JSON."""
     run = tmp_path / "run"
     args = ["optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "2", "--run-dir", str(run)]
@@ -114,6 +115,8 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings):
     assert process.returncode == 130, stderr[-2000:]
     assert "--resume" in stderr
     assert not (run / "result.json").exists()
+    spent = json.loads((run / "spent.json").read_text())  # the cost so far survives Ctrl-C
+    assert spent["seconds"] > 0 and spent["generations"] > 0
 
     resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -125,7 +128,9 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings):
     for name in ("program.json", "cli.json", "result.json", "history.json"):
         assert (run / name).is_file(), name
     result = json.loads((run / "result.json").read_text())
-    assert result["optimizer"] == "greater" and result["generations"] > 0
+    assert result["optimizer"] == "greater"
+    # the result counts both sessions: what was spent before Ctrl-C, and the resumed step's work
+    assert result["generations"] > spent["generations"] and result["seconds"] > spent["seconds"]
     assert 0.0 <= result["dev_result"] <= 1.0 and result["dev_size"] == 4
     [instructions] = result["instructions"].values()
     assert instructions in (run / "program.json").read_text()
