@@ -64,25 +64,36 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict | None
 
 
 def table(rows: list[dict], optimizers: list[str]) -> str:
-    lines = ["| task | majority | " + " | ".join(optimizers) + " |",
+    """Markdown: per task, test accuracy ± standard error, then (optimizers) the dev score
+    before -> after, wall time and generations; the mean over the tasks every column finished."""
+    names = {"none": "start", "greater": "GReaTer", "copro": "COPRO", "miprov2": "MIPROv2",
+             "gepa": "GEPA"}
+    lines = ["| task (test n) | majority | " + " | ".join(names.get(o, o) for o in optimizers) + " |",
              "| --- | --- | " + " | ".join("---" for _ in optimizers) + " |"]
-    for task in dict.fromkeys(r["task"] for r in rows):
-        mine = {r["optimizer"]: r for r in rows if r["task"] == task}
+    by_task: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], {})[r["optimizer"]] = r
+    for task, mine in by_task.items():
         cells = []
         for name in optimizers:
             r = mine.get(name)
-            cells.append("" if r is None else
-                         f"{r['test']:.3f} ± {standard_error(r['test'], r['n']):.3f}<br>"
+            if r is None:
+                cells.append("")
+                continue
+            cell = f"{r['test']:.3f} ± {standard_error(r['test'], r['n']):.3f}"
+            if name != "none":
+                cell += (f"<br>dev {r['dev_start']:.2f}→{r['dev_result']:.2f}<br>"
                          f"{r['seconds'] / 60:.0f} min, {r['generations']} gen.")
-        majority = next(iter(mine.values()))["majority"]
-        lines.append(f"| {task} (n={next(iter(mine.values()))['n']}) | {majority:.3f} | "
-                     + " | ".join(cells) + " |")
-    means = []
-    for name in optimizers:
-        scores = [r["test"] for r in rows if r["optimizer"] == name]
-        means.append(f"{statistics.mean(scores):.3f} ({len(scores)} tasks)" if scores else "")
-    majority = statistics.mean(r["majority"] for r in rows if r["optimizer"] == rows[0]["optimizer"])
-    lines.append(f"| **mean** | {majority:.3f} | " + " | ".join(means) + " |")
+            cells.append(cell)
+        first = next(iter(mine.values()))
+        lines.append(f"| {task} ({first['n']}) | {first['majority']:.3f} | " + " | ".join(cells)
+                     + " |")
+    complete = [mine for mine in by_task.values() if all(o in mine for o in optimizers)]
+    if complete:
+        means = [f"{statistics.mean(m[o]['test'] for m in complete):.3f}" for o in optimizers]
+        majority = statistics.mean(next(iter(m.values()))["majority"] for m in complete)
+        lines.append(f"| **mean of {len(complete)} tasks** | {majority:.3f} | "
+                     + " | ".join(means) + " |")
     return "\n".join(lines)
 
 
