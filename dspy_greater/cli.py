@@ -298,8 +298,9 @@ def _optimize(args: argparse.Namespace) -> int:
     dev = task.splits.dev
     scores = {}
     if dev:
-        scores = {"dev_start": _accuracy(program, dev, task.metric, args.threads),
-                  "dev_result": _accuracy(compiled, dev, task.metric, args.threads)}
+        start = _accuracy(program, dev, task.metric, args.threads)
+        scores = {"dev_start": start, "dev_result": start if args.optimizer == "none"
+                  else _accuracy(compiled, dev, task.metric, args.threads)}
     result = {"task": task.name, "protocol": task.protocol, "optimizer": args.optimizer,
               "instructions": {name: p.signature.instructions
                                for name, p in compiled.named_predictors()},
