@@ -94,8 +94,8 @@ def test_a_run_folder_from_another_run_is_refused(tmp_path, capsys, restore_dspy
 def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings):
     """The installed script, interrupted with Ctrl-C after a checkpoint, exits 130; the same
     command with --resume keeps the checkpointed step, finishes and reports the cost of both
-    sessions; `evaluate` loads the saved
-    program, scores the test split the run names, and writes JSON."""
+    sessions; `evaluate` loads the saved program, scores the test split the run names, and
+    writes JSON."""
     run = tmp_path / "run"
     args = ["optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "2", "--run-dir", str(run)]
     process = subprocess.Popen([str(SCRIPT), *args], stdout=subprocess.PIPE,
