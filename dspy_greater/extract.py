@@ -308,18 +308,9 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
 
     async def acall(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
                     demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        completions: list[dict[str, Any]] = []
-        for options in _samples(lm, lm_kwargs):
-            steps = self._steps(lm, options, signature, demos, inputs)
-            try:
-                call = next(steps)
-                while True:
-                    with _calling(lm, call):
-                        outputs = await lm.acall(messages=call.messages, **call.options)
-                    call = steps.send(outputs)
-            except StopIteration as done:
-                completions.extend(done.value)
-        return completions
+        return [values for options in _samples(lm, lm_kwargs)
+                for values in await _adrive(self._steps(lm, options, signature, demos, inputs),
+                                            lm)]
 
 
 def _samples(lm: Any, lm_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -406,13 +397,24 @@ def _calling(lm: Any, call: _Call) -> Iterator[None]:
 
 
 def _drive(steps: Generator[_Call, Any, Any], lm: Any) -> Any:
-    """Run the calls of :meth:`ForcedExtractionAdapter._steps` on ``lm`` (``acall`` is the
-    asynchronous twin)."""
+    """Run the calls of :meth:`ForcedExtractionAdapter._steps` on ``lm``."""
     try:
         call = next(steps)
         while True:
             with _calling(lm, call):
                 outputs = lm(messages=call.messages, **call.options)
+            call = steps.send(outputs)
+    except StopIteration as done:
+        return done.value
+
+
+async def _adrive(steps: Generator[_Call, Any, Any], lm: Any) -> Any:
+    """:func:`_drive` through ``lm.acall`` (``dspy.Predict.acall`` under this adapter)."""
+    try:
+        call = next(steps)
+        while True:
+            with _calling(lm, call):
+                outputs = await lm.acall(messages=call.messages, **call.options)
             call = steps.send(outputs)
     except StopIteration as done:
         return done.value

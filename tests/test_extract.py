@@ -183,6 +183,22 @@ def test_several_typed_fields_are_written_in_order(lm):
     assert prediction.stars is None or isinstance(prediction.stars, int)
 
 
+def test_acall_writes_the_same_fields_as_a_call(lm):
+    """``await predictor.acall(...)`` under the adapter takes the same forced passes as a call
+    (greedy, so the same values) through the LM's asynchronous engine."""
+    import asyncio
+
+    program = dspy.Predict("sentence -> summary, positive: bool")
+    sentence = "The soup was cold and the waiter rude."
+    with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
+        called = program(sentence=sentence)
+        calls = len(lm.history)
+        awaited = asyncio.run(program.acall(sentence=sentence))
+    assert len(lm.history) - calls == 2  # one forced pass per output field
+    assert (awaited.summary, awaited.positive) == (called.summary, called.positive)
+    assert isinstance(awaited.positive, bool)
+
+
 def test_several_completions_are_sampled_one_pass_each(lm):
     """COPRO asks a predictor for n proposals at a temperature: each is its own forced pass,
     sampled, and with DSPy's cache on they are still n different samples (own rollout ids)."""
