@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import threading
@@ -186,8 +187,6 @@ def test_several_typed_fields_are_written_in_order(lm):
 def test_acall_writes_the_same_fields_as_a_call(lm):
     """``await predictor.acall(...)`` under the adapter takes the same forced passes as a call
     (greedy, so the same values) through the LM's asynchronous engine."""
-    import asyncio
-
     program = dspy.Predict("sentence -> summary, positive: bool")
     sentence = "The soup was cold and the waiter rude."
     with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):

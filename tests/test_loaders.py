@@ -66,7 +66,8 @@ def test_folio_maps_unknown_to_uncertain(shared_data):
     task = loaders.load_task(shared_data / "folio", train=20, dev=10, test=50)
     assert (len(task.splits.train), len(task.splits.dev), len(task.splits.test)) == (20, 10, 50)
     assert task.splits.train == loaders.load_task(shared_data / "folio").splits.train[:20]
-    with pytest.raises(ValueError, match="folio's train split: Cannot take 2000 train \\+ 100 dev examples from 1004"):
+    with pytest.raises(ValueError, match="folio's train split: Cannot take 2000 train "
+                                         "\\+ 100 dev examples from 1004"):
         loaders.load_task(shared_data / "folio", train=2000)
     example = task.splits.train[0]
     assert set(example.inputs().keys()) == {"premises", "conclusion"}
