@@ -91,7 +91,7 @@ class HFReasoner(TemplateChat):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype, device=device)
         self.model_path = os.fspath(model)
-        self.device = device
+        self.dtype, self.device = dtype, device
         self.generated_sequences = 0  # every completion this reasoner produced (for measuring)
         self.batch_size = batch_size
         self._eos = _eos_ids(self.model, self.tokenizer)

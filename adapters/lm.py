@@ -10,12 +10,14 @@ requests for a few milliseconds and sends them to the model as one batch.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import queue
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,8 @@ class LocalEngine:
         self.max_batch = max_batch
         self.gather_seconds = gather_ms / 1000
         self.batch_sizes: list[int] = []  # size of every batch sent to the model (for measuring)
+        self.poll_seconds = 1.0  # how often a waiting caller checks that the worker still runs
+        self._died: BaseException | None = None
         self._jobs: queue.Queue[_Job] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="dspy-greater-engine", daemon=True)
         self._worker.start()
@@ -101,7 +105,7 @@ class LocalEngine:
                                 continue_final_message=continuing)
         future: Future = Future()
         self._jobs.put(_Job(ids, max_tokens, stop, schema, temperature, future))
-        completion: Completion = future.result()
+        completion = self._wait(future)
         return Response(
             id=None, model=request.model, message=Message.assistant(completion.text),
             finish_reason=completion.finish_reason,
@@ -114,33 +118,73 @@ class LocalEngine:
         """Nothing to release here: the model belongs to the reasoner, shared by its users."""
 
     # -- batching ------------------------------------------------------------------------
-    def _serve(self) -> None:
+    def _wait(self, future: Future) -> Completion:
+        """The job's completion, or the worker's failure: never a wait on a worker that died."""
         while True:
-            jobs = [self._jobs.get()]
-            deadline = time.monotonic() + self.gather_seconds
-            while len(jobs) < self.max_batch:
+            try:
+                return future.result(timeout=self.poll_seconds)
+            except TimeoutError:
+                if not self._worker.is_alive() and not future.done():
+                    raise self._stopped(self._died) from self._died
+
+    @staticmethod
+    def _stopped(cause: BaseException | None) -> GreaterError:
+        return GreaterError(f"The local engine's worker thread stopped ({cause!r}); this LM "
+                            "cannot answer any more. Build a new one with local_lm().")
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                self._run_batch(self._gather())
+        except BaseException as exc:  # the thread ends: no caller may wait on it any more
+            self._died = exc
+            while True:
                 try:
-                    jobs.append(self._jobs.get(timeout=max(0.0, deadline - time.monotonic())))
+                    job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-            groups: dict[tuple[int, tuple[str, ...], str | None, float], list[_Job]] = {}
-            for job in jobs:
-                key = (job.max_tokens, job.stop, job.schema, job.temperature)
-                groups.setdefault(key, []).append(job)
-            for (max_tokens, stop, schema, temperature), group in groups.items():
-                self.batch_sizes.append(len(group))
-                options: dict[str, Any] = {} if schema is None else {"json_schema": json.loads(schema)}
-                if temperature > 0:  # keyword only when sampling: greedy reasoners need not know it
-                    options["temperature"] = temperature
-                try:
-                    outs = self.reasoner.generate([j.ids for j in group], max_new_tokens=max_tokens,
-                                                  stop=stop, **options)
-                except Exception as exc:  # hand the failure to every caller of the batch
-                    for job in group:
-                        job.future.set_exception(exc)
-                    continue
-                for job, out in zip(group, outs):
-                    job.future.set_result(out)
+                if not job.future.done():
+                    job.future.set_exception(self._stopped(exc))
+            logger.error("The local engine's worker thread stopped: %r", exc)
+
+    def _gather(self) -> list[_Job]:
+        """The next job, and every job that arrives within ``gather_ms`` after it."""
+        jobs = [self._jobs.get()]
+        deadline = time.monotonic() + self.gather_seconds
+        while len(jobs) < self.max_batch:
+            try:
+                jobs.append(self._jobs.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return jobs
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        groups: dict[tuple[int, tuple[str, ...], str | None, float], list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault((job.max_tokens, job.stop, job.schema, job.temperature), []).append(job)
+        for (max_tokens, stop, schema, temperature), group in groups.items():
+            self.batch_sizes.append(len(group))
+            options: dict[str, Any] = {} if schema is None else {"json_schema": json.loads(schema)}
+            if temperature > 0:  # keyword only when sampling: greedy reasoners need not know it
+                options["temperature"] = temperature
+            try:
+                outs = self.reasoner.generate([j.ids for j in group], max_new_tokens=max_tokens,
+                                              stop=stop, **options)
+                if len(outs) != len(group):
+                    raise GreaterError(
+                        f"{type(self.reasoner).__name__}.generate returned {len(outs)} "
+                        f"completions for {len(group)} prompts.")
+            except Exception as exc:  # hand the failure to every caller of the batch
+                for job in group:
+                    job.future.set_exception(exc)
+                continue
+            except BaseException as exc:  # the worker itself stops: fail every gathered job
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(self._stopped(exc))
+                raise
+            for job, out in zip(group, outs, strict=True):
+                job.future.set_result(out)
 
 
 class AsyncLocalEngine:
@@ -205,9 +249,34 @@ def local_lm(
 
             model = default_model()
         reasoner = make_reasoner(model, backend=backend)
-    name = Path(os.fspath(model)).name if model is not None else type(reasoner).__name__
     engine = LocalEngine(reasoner)
-    # The model string is part of DSPy's cache key: name the engine kind in it.
-    return dspy.LM(f"local/{type(reasoner).__name__}/{name}", engine=engine,
+    # DSPy's cache key holds the model string: it names the weights, not just the folder's name.
+    return dspy.LM(f"local/{type(reasoner).__name__}/{model_identity(reasoner)}", engine=engine,
                    async_engine=AsyncLocalEngine(engine), temperature=0.0, max_tokens=max_tokens,
                    **lm_kwargs)
+
+
+_FINGERPRINTED = {".safetensors", ".bin", ".gguf", ".pt", ".json", ".jinja", ".model"}
+
+
+def model_identity(reasoner: Any) -> str:
+    """``<folder name>-<digest>``: the digest covers the resolved folder, a fingerprint of its
+    files (names, sizes, the first 64 KiB and last 1 MiB of each: cheap, and different for other
+    weights saved under the same name), the dtype and the engine kind. A reasoner that names no
+    folder gets a digest of its own, so that its answers are never served to another model."""
+    path = getattr(reasoner, "model_path", None)
+    if path is None:
+        return f"{type(reasoner).__name__}-{uuid.uuid4().hex[:16]}"
+    folder = Path(os.fspath(path)).resolve()
+    digest = hashlib.sha256(json.dumps([str(folder), type(reasoner).__qualname__,
+                                        str(getattr(reasoner, "dtype", None))]).encode())
+    files = sorted(folder.iterdir()) if folder.is_dir() else [folder]
+    for file in files:
+        if file.is_file() and file.suffix in _FINGERPRINTED:
+            size = file.stat().st_size
+            digest.update(f"{file.name}:{size}:".encode())
+            with file.open("rb") as stream:
+                digest.update(stream.read(64 << 10))
+                stream.seek(max(0, size - (1 << 20)))
+                digest.update(stream.read())
+    return f"{folder.name}-{digest.hexdigest()[:16]}"

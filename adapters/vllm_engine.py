@@ -117,7 +117,7 @@ class VLLMReasoner(TemplateChat):
                 seed=seed, enable_prefix_caching=True, disable_log_stats=not log_stats,
                 **engine_kwargs)
         self._key = key
-        self.model_path = path
+        self.model_path, self.dtype = path, dtype
         self.llm = _ENGINES[key]
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len

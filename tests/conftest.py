@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# DSPy's disk cache, new for every test session (read when dspy is first imported, so before any
+# test module): a test must not pass or fail on what an earlier session left in ~/.dspy_cache.
+_CACHE = tempfile.mkdtemp(prefix="dspy-greater-tests-cache-")
+os.environ["DSPY_CACHEDIR"] = _CACHE
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 # The benchmark data beside the checkout (as CI lays it out), or where DSPY_GREATER_SHARED_DATA says.
 SHARED_DATA = Path(

@@ -83,3 +83,90 @@ def test_hf_reasoner_samples_at_a_temperature(tiny_model):
     sampled = {c.token_ids for c in reasoner.generate(prompt, max_new_tokens=8, temperature=2.0)}
     greedy = {c.token_ids for c in reasoner.generate(prompt, max_new_tokens=8)}
     assert len(sampled) >= 3 and len(greedy) == 1
+
+
+class _DropsOne(HFReasoner):
+    """A real reasoner whose batches come back one completion short."""
+
+    def generate(self, prompts, **kwargs):
+        return super().generate(prompts, **kwargs)[:-1]
+
+
+class _Raises(HFReasoner):
+    def __init__(self, *args, error: BaseException, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.error = error
+
+    def generate(self, prompts, **kwargs):
+        raise self.error
+
+
+def _ask_concurrently(lm, count: int) -> list[BaseException | None]:
+    """Call ``lm`` from ``count`` threads at once; what each raised (None for an answer). A
+    caller that hangs fails the test instead of blocking it."""
+    questions = [[{"role": "user", "content": f"What is {i} plus {i}?"}] for i in range(count)]
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(lm, messages=m) for m in questions]
+        return [future.exception(timeout=60) for future in futures]
+
+
+def test_a_batch_short_of_completions_fails_every_caller(tiny_model):
+    lm = local_lm(reasoner=_DropsOne(tiny_model), max_tokens=4, cache=False)
+    errors = _ask_concurrently(lm, 6)
+    assert all(error is not None and "completions for" in str(error) for error in errors), errors
+
+
+def test_an_error_in_the_model_reaches_every_caller_and_the_engine_goes_on(tiny_model):
+    reasoner = _Raises(tiny_model, error=RuntimeError("out of memory"))
+    lm = local_lm(reasoner=reasoner, max_tokens=4, cache=False)
+    errors = _ask_concurrently(lm, 4)
+    assert all("out of memory" in str(error) for error in errors), errors
+    reasoner.generate = HFReasoner.generate.__get__(reasoner)  # the model recovers
+    assert _ask_concurrently(lm, 2) == [None, None]
+
+
+def test_a_stopped_worker_fails_its_callers_instead_of_hanging_them(tiny_model):
+    lm = local_lm(reasoner=_Raises(tiny_model, error=SystemExit(3)), max_tokens=4, cache=False)
+    lm.engine.poll_seconds = 0.05
+    errors = _ask_concurrently(lm, 3)
+    assert all("worker thread stopped" in str(error) for error in errors), errors
+    lm.engine._worker.join(timeout=10)
+    assert not lm.engine._worker.is_alive()
+    later = _ask_concurrently(lm, 2)  # sent after it stopped: nobody will serve them
+    assert all("worker thread stopped" in str(error) for error in later), later
+
+
+def _other_weights(source, destination):
+    """A copy of the tiny model's folder with other weights (one tensor changed)."""
+    import shutil
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    shutil.copytree(source, destination)
+    model = LlamaForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)
+    model.save_pretrained(destination)
+    return destination
+
+
+def test_the_cache_keeps_models_apart(tiny_model, tmp_path):
+    """DSPy caches by the LM's model string: two folders of one name, or one folder in two
+    dtypes, are other models, and must not be served each other's answers."""
+    import shutil
+
+    first = shutil.copytree(tiny_model, tmp_path / "a" / "final")
+    second = _other_weights(tiny_model, tmp_path / "b" / "final")
+    messages = [{"role": "user", "content": "Name a colour."}]
+
+    def generated(reasoner) -> int:
+        before = reasoner.generated_sequences
+        local_lm(reasoner=reasoner, max_tokens=4)(messages=messages)
+        return reasoner.generated_sequences - before
+
+    assert generated(HFReasoner(first)) == 1
+    assert generated(HFReasoner(first)) == 0  # the same model: answered from the cache
+    assert generated(HFReasoner(second)) == 1  # same folder name, other weights
+    assert generated(HFReasoner(first, dtype="bfloat16")) == 1
+    assert local_lm(reasoner=HFReasoner(first)).model != local_lm(reasoner=HFReasoner(second)).model
