@@ -7,17 +7,20 @@ built per process and configuration and shared by every reasoner that asks for i
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import threading
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from dspy_greater.errors import GreaterError
+from dspy_greater.errors import ContextTooLong, EngineStartFailed, GreaterError
 
 from .base import Completion, TemplateChat
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CPU_KVCACHE_GIB = 2
+DEFAULT_START_TIMEOUT = 600.0  # seconds; a start takes ~35 s eager on 2 CPU cores, ~2 min compiled
 # Built engines, keyed by their configuration: vLLM engines are expensive and not thread-safe.
 _ENGINES: dict[tuple[Any, ...], Any] = {}
 
@@ -54,6 +57,51 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None) -> dict[
     return {key: environ[key] for key in defaults}
 
 
+def _start_engine(vllm: Any, path: str, start_timeout: float, **kwargs: Any) -> Any:
+    """``vllm.LLM(path, **kwargs)``, or :class:`EngineStartFailed` naming the cause.
+
+    vLLM waits for its engine process without a time limit, so an engine process that hangs
+    while failing would hang this one: after ``start_timeout`` seconds the engine's processes are
+    killed, which ends vLLM's wait. After any failure they are killed too, so that this process
+    can still exit (Python waits for its child processes at exit).
+    """
+    ours = set(multiprocessing.active_children())
+    started, timed_out = threading.Event(), threading.Event()
+
+    def stop_a_hung_start() -> None:
+        if started.wait(start_timeout):
+            return
+        timed_out.set()
+        while not started.wait(0.5):  # until vLLM gives up: its processes may not exist yet
+            _kill(set(multiprocessing.active_children()) - ours)
+
+    threading.Thread(target=stop_a_hung_start, name="dspy-greater-vllm-start", daemon=True).start()
+    try:
+        return vllm.LLM(path, **kwargs)
+    except Exception as exc:
+        _kill(set(multiprocessing.active_children()) - ours)
+        cause = (f"it had not started after {start_timeout:.0f} s" if timed_out.is_set()
+                 else f"{type(exc).__name__}: {exc}")
+        space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        raise EngineStartFailed(
+            f"The vLLM engine for {path} did not start ({cause}). vLLM's log above names the "
+            "root cause (run with -v for all of it). Usual ones: too little free memory for the "
+            "weights and the KV cache"
+            f"{f' (VLLM_CPU_KVCACHE_SPACE={space} GiB)' if space else ''}, e.g. while other "
+            "processes hold it: free some, or lower VLLM_CPU_KVCACHE_SPACE; a model folder that "
+            "is incomplete (convert or copy it again); or no vLLM build for this machine: use "
+            "the transformers backend (--backend hf, or backend='hf').") from exc
+    finally:
+        started.set()
+
+
+def _kill(processes: set[Any]) -> None:
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(timeout=10)
+
+
 def import_vllm() -> Any:
     """Import vllm, or say which extra installs it."""
     try:
@@ -87,7 +135,9 @@ class VLLMReasoner(TemplateChat):
     ``enforce_eager`` defaults to True on CPU (the engine starts in ~25 s instead of ~2 min; the
     compiled engine is ~1.4× faster and pays off only past tens of thousands of tokens) and False
     on GPU. ``log_stats`` turns on vLLM's metrics (needed by :meth:`prefix_cache_hit_rate`; vLLM
-    then also logs throughput every 10 s). ``engine_kwargs`` pass through to ``vllm.LLM``.
+    then also logs throughput every 10 s). An engine that has not started after
+    ``start_timeout`` seconds is stopped (:class:`EngineStartFailed`). ``engine_kwargs`` pass
+    through to ``vllm.LLM``.
     """
 
     def __init__(
@@ -100,6 +150,7 @@ class VLLMReasoner(TemplateChat):
         seed: int = 0,
         progress: bool = False,
         log_stats: bool = False,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
         **engine_kwargs: Any,
     ) -> None:
         vllm = import_vllm()
@@ -112,10 +163,10 @@ class VLLMReasoner(TemplateChat):
                tuple(sorted(engine_kwargs.items())))
         if key not in _ENGINES:
             logger.info("Starting the vLLM engine for %s (%s, eager=%s).", path, dtype, enforce_eager)
-            _ENGINES[key] = vllm.LLM(
-                path, dtype=dtype, enforce_eager=enforce_eager, max_model_len=max_model_len,
-                seed=seed, enable_prefix_caching=True, disable_log_stats=not log_stats,
-                **engine_kwargs)
+            _ENGINES[key] = _start_engine(
+                vllm, path, start_timeout, dtype=dtype, enforce_eager=enforce_eager,
+                max_model_len=max_model_len, seed=seed, enable_prefix_caching=True,
+                disable_log_stats=not log_stats, **engine_kwargs)
         self._key = key
         self.model_path, self.dtype = path, dtype
         self.llm = _ENGINES[key]
@@ -150,7 +201,7 @@ class VLLMReasoner(TemplateChat):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         for index, prompt in enumerate(prompts):
             if len(prompt) + max_new_tokens > self.max_model_len:
-                raise ValueError(
+                raise ContextTooLong(
                     f"Prompt {index} has {len(prompt)} tokens; with {max_new_tokens} new tokens it "
                     f"exceeds the context length {self.max_model_len}. Shorten it, lower the "
                     "reasoning budget, or raise max_model_len."

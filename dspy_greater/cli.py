@@ -257,6 +257,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _prepare_run_dir(folder: Path, settings: dict[str, Any], resume: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"--run-dir {folder} is a file, not a folder; choose a folder (new or "
+                       "empty, or a run's folder with --resume).")
     stored = folder / SETTINGS
     if folder.exists() and any(folder.iterdir()):
         if not resume:
@@ -397,18 +400,15 @@ def _evaluate(args: argparse.Namespace) -> int:
                     no_cache=args.no_cache)
     model_name = Path(args.model).name if args.model else "embedded"
     out = args.out or path.parent / f"evaluate-{args.split}-{model_name}.json"
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder; give the path of a JSON file to write.")
     _writable_folder(out.parent)
     task = _task(settings)
     examples = getattr(task.splits, args.split)
     if not examples:
         raise CliError(f"The {args.split} split of {task.name} is empty with these sizes.")
+    program = _load_program(path, task)  # before the engine: a bad file fails in a second
     lm = _lm(settings)
-    program = task.program()
-    try:
-        program.load(str(path))
-    except Exception as exc:  # DSPy raises several kinds for a program of another shape
-        raise CliError(f"{path} does not fit a ChainOfThought for {task.name} ({exc}). Evaluate "
-                       "it with the --data it was optimized on.") from exc
     from .data import majority_class_rate, standard_error
 
     started, generated = time.perf_counter(), _generations(lm)
@@ -426,6 +426,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_program(path: Path, task: Any) -> Any:
+    """The task's program with the state saved at ``path``, or a :class:`CliError` that says
+    why the file is not one."""
+    try:
+        saved = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CliError(f"{path} is not a program saved by `dspy-greater optimize` (not JSON: "
+                       f"{exc}). Give the program.json of a run folder.") from exc
+    program = task.program()
+    names = [name for name, _ in program.named_predictors()]
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(n), dict) for n in names):
+        shape = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+        raise CliError(f"{path} is not a program saved by `dspy-greater optimize`: it should "
+                       f"hold the predictor(s) {names}, and holds {shape}. Give the "
+                       "program.json of a run folder.")
+    try:
+        program.load(str(path))
+    except Exception as exc:  # DSPy raises several kinds for a program of another shape
+        raise CliError(f"{path} does not fit a ChainOfThought for {task.name} ({exc}). Evaluate "
+                       "it with the --data it was optimized on.") from exc
+    return program
+
+
 # -- entry point ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
@@ -440,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nInterrupted. Continue with the same command and --resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CliError, GreaterError, ValueError, FileNotFoundError) as exc:
+    except (CliError, GreaterError) as exc:  # anything else is a bug: let its traceback show
         if args.verbose:
             logger.exception("the run stopped")
         print(f"dspy-greater: error: {exc}", file=sys.stderr)

@@ -23,3 +23,11 @@ class DeviceUnavailable(GreaterError, RuntimeError):
 
 class SlotError(GreaterError, ValueError):
     """The prompt slot cannot be found, or its tokens are not stable in the rendered text."""
+
+
+class ContextTooLong(GreaterError, ValueError):
+    """A prompt and its new tokens do not fit the model's context length."""
+
+
+class EngineStartFailed(GreaterError, RuntimeError):
+    """The local vLLM engine could not start."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
+
 import pytest
 
 from dspy_greater.adapters.base import Reasoner
 from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
 from dspy_greater.adapters.same_model import ModelMismatch, check_same_model
-from dspy_greater.adapters.vllm_engine import apply_cpu_defaults
+from dspy_greater.adapters.vllm_engine import VLLMReasoner, apply_cpu_defaults
+from dspy_greater.errors import EngineStartFailed
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -93,3 +98,36 @@ def test_missing_vllm_names_the_extra(monkeypatch, tiny_model, caplog):
         reasoner = make_reasoner(tiny_model)  # auto: falls back to transformers, and says so
     assert isinstance(reasoner, HFReasoner)
     assert any("vLLM is not installed" in r.getMessage() for r in caplog.records)
+
+
+def broken_copy(smollm2, folder):
+    """The embedded model's folder with its weights cut in half: vLLM's worker fails to load it."""
+    import shutil
+
+    shutil.copytree(smollm2, folder)
+    weights = folder / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    return folder
+
+
+def test_an_engine_that_cannot_start_fails_fast_and_leaves_no_process(smollm2, tmp_path):
+    before = set(_session_engines())
+    started = time.monotonic()
+    with pytest.raises(EngineStartFailed, match="did not start \\(RuntimeError: Engine core"):
+        VLLMReasoner(broken_copy(smollm2, tmp_path / "broken"), max_model_len=512)
+    assert time.monotonic() - started < 120
+    assert set(_session_engines()) == before
+
+
+def test_a_start_that_hangs_is_stopped(smollm2):
+    """vLLM waits for its engine process without a limit; ours stops it after start_timeout."""
+    before = set(_session_engines())
+    started = time.monotonic()
+    with pytest.raises(EngineStartFailed, match="had not started after 2 s"):
+        VLLMReasoner(smollm2, max_model_len=640, start_timeout=2)  # its own engine: a new start
+    assert time.monotonic() - started < 60
+    assert set(_session_engines()) == before  # the half-started engine's processes are gone
+
+
+def _session_engines() -> list[int]:
+    return [p.pid for p in multiprocessing.active_children()]
