@@ -95,3 +95,11 @@ def copy_model(source: Path, destination: Path) -> Path:
     """Copy a converted model folder (cheaper than converting again)."""
     shutil.copytree(source, destination)
     return destination
+
+
+def broken_copy(source: Path, destination: Path) -> Path:
+    """A converted model folder with its weights cut in half: it cannot be loaded."""
+    shutil.copytree(source, destination)
+    weights = destination / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    return destination

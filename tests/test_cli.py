@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dspy
 import pytest
 
 from dspy_greater import cli as dspy_greater_cli
+from tests.conftest import broken_copy
 
 SCRIPT = Path(sys.executable).parent / "dspy-greater"
 TINY_RUN = ["--data", "sports_understanding", "--train", "4", "--dev", "4", "--test", "6",
@@ -60,6 +59,9 @@ def test_bad_command_lines_are_named(tmp_path):
     assert unwritable.returncode == 1 and "Cannot write to" in unwritable.stderr
     no_program = cli("evaluate", "--program", str(tmp_path / "missing.json"))
     assert no_program.returncode == 1 and "No program at" in no_program.stderr
+    run_dir_file = cli("optimize", "--data", "sports_understanding", "--run-dir", str(blocker))
+    assert run_dir_file.returncode == 1 and "is a file, not a folder" in run_dir_file.stderr
+    assert "Traceback" not in run_dir_file.stderr
     no_gpu = cli("optimize", "--data", "sports_understanding", "--device", "cuda",
                  "--run-dir", str(tmp_path / "gpu"))
     assert no_gpu.returncode == 1 and "no CUDA GPU" in no_gpu.stderr
@@ -91,37 +93,45 @@ def test_a_run_folder_from_another_run_is_refused(tmp_path, capsys, restore_dspy
     assert "is finished" in capsys.readouterr().out
 
 
-def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings):
-    """The installed script, interrupted with Ctrl-C after a checkpoint, exits 130; the same
-    command with --resume keeps the checkpointed step, finishes and reports the cost of both
-    sessions; `evaluate` loads the saved program, scores the test split the run names, and
-    writes JSON."""
+# The command as the installed script runs it, with a Ctrl-C (a real SIGINT to the process) sent
+# from GReaTer's on_step right after the first step was checkpointed: a known point, however fast
+# the run is (a signal sent from outside raced a warm cache, and lost).
+INTERRUPTED_AFTER_FIRST_STEP = """
+import os, signal, sys
+from dspy_greater import cli, teleprompter
+
+class GReaTer(teleprompter.GReaTer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.on_step = lambda record: os.kill(os.getpid(), signal.SIGINT)
+
+teleprompter.GReaTer = GReaTer
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings, vllm_reasoner):
+    """The command, interrupted with Ctrl-C after a checkpoint, exits 130; the same command with
+    --resume keeps the checkpointed step, finishes and reports the cost of both sessions;
+    `evaluate` loads the saved program, scores the test split the run names, and writes JSON.
+    The script's vLLM engine runs beside this session's (``vllm_reasoner``): two engines share
+    the machine."""
     run = tmp_path / "run"
     args = ["optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "2", "--run-dir", str(run)]
-    process = subprocess.Popen([str(SCRIPT), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 480
-    checkpoint = None
-    while time.monotonic() < deadline and process.poll() is None:
-        found = list((run / "greater" / "stages").glob("*/run.json"))
-        state = json.loads(found[0].read_text()).get("state") if found else None
-        if state and state["steps_done"] >= 1:
-            checkpoint = state
-            break
-        time.sleep(0.5)
-    assert checkpoint is not None, "no step was checkpointed in time"
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-2000:]
-    assert "--resume" in stderr
+    interrupted = subprocess.run([sys.executable, "-c", INTERRUPTED_AFTER_FIRST_STEP, *args],
+                                 capture_output=True, text=True, timeout=600)
+    assert interrupted.returncode == 130, interrupted.stderr[-2000:]
+    assert "--resume" in interrupted.stderr
     assert not (run / "result.json").exists()
+    [stage] = list((run / "greater" / "stages").glob("*/run.json"))
+    checkpoint = json.loads(stage.read_text())["state"]
+    assert checkpoint["steps_done"] == 1
     spent = json.loads((run / "spent.json").read_text())  # the cost so far survives Ctrl-C
     assert spent["seconds"] > 0 and spent["generations"] > 0
 
     resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming" in resumed.stderr
-    [stage] = list((run / "greater" / "stages").glob("*/run.json"))
     final = json.loads(stage.read_text())["state"]
     assert final["steps_done"] == 2
     assert final["history"][0] == checkpoint["history"][0]  # the first step was kept, not redone
@@ -175,3 +185,43 @@ def test_evaluate_on_another_model(tiny_model, tmp_path, capsys, restore_dspy_se
     assert out["model"] == str(tiny_model) and out["n"] == 4 and out["split"] == "dev"
     assert out["instructions"] == {"predict": "Be brief."}
     assert out["generations"] >= 4  # the tiny model itself answered
+
+
+@pytest.mark.parametrize("content, says", [
+    ("", "not JSON"),
+    ("some notes, not a program", "not JSON"),
+    (json.dumps({"rows": [1, 2]}), "should hold the predictor(s) ['predict'], and holds ['rows']"),
+    (json.dumps([{"predict": {}}]), "and holds list"),
+])
+def test_evaluate_refuses_a_file_that_is_not_a_program_before_any_engine(content, says, tmp_path):
+    program = tmp_path / "program.json"
+    program.write_text(content)
+    done = cli("evaluate", "--program", str(program), "--data", "sports_understanding",
+               timeout=60)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "is not a program saved by `dspy-greater optimize`" in done.stderr and says in done.stderr
+    assert "Starting the vLLM engine" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_evaluate_exits_1_when_the_engine_cannot_start(smollm2, tmp_path):
+    """A model folder whose weights are cut short: vLLM's worker fails, and the command exits 1
+    with the cause and what to do, instead of hanging."""
+    from dspy_greater.loaders import load_task
+
+    load_task("sports_understanding").program().save(str(tmp_path / "program.json"))
+    done = cli("evaluate", "--program", str(tmp_path / "program.json"), "--data",
+               "sports_understanding", "--test", "2", "--model",
+               str(broken_copy(smollm2, tmp_path / "broken")), timeout=240)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "did not start" in done.stderr and "VLLM_CPU_KVCACHE_SPACE" in done.stderr
+
+
+def test_an_internal_error_shows_its_traceback(monkeypatch, tmp_path):
+    """Errors the user can fix are one line; a bug (here a ValueError from inside) is not
+    disguised as one: it surfaces with its traceback."""
+    def broken(settings):
+        raise ValueError("a bug in dspy-greater")
+
+    monkeypatch.setattr(dspy_greater_cli, "_task", broken)
+    with pytest.raises(ValueError, match="a bug in dspy-greater"):
+        run_main("optimize", "--data", "sports_understanding", "--run-dir", str(tmp_path / "r"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 
 import pytest
@@ -13,6 +12,7 @@ from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
 from dspy_greater.adapters.same_model import ModelMismatch, check_same_model
 from dspy_greater.adapters.vllm_engine import VLLMReasoner, apply_cpu_defaults
 from dspy_greater.errors import EngineStartFailed
+from tests.conftest import broken_copy
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -98,16 +98,6 @@ def test_missing_vllm_names_the_extra(monkeypatch, tiny_model, caplog):
         reasoner = make_reasoner(tiny_model)  # auto: falls back to transformers, and says so
     assert isinstance(reasoner, HFReasoner)
     assert any("vLLM is not installed" in r.getMessage() for r in caplog.records)
-
-
-def broken_copy(smollm2, folder):
-    """The embedded model's folder with its weights cut in half: vLLM's worker fails to load it."""
-    import shutil
-
-    shutil.copytree(smollm2, folder)
-    weights = folder / "model.safetensors"
-    os.truncate(weights, weights.stat().st_size // 2)
-    return folder
 
 
 def test_an_engine_that_cannot_start_fails_fast_and_leaves_no_process(smollm2, tmp_path):
