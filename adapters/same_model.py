@@ -37,8 +37,10 @@ def check_same_model(reasoner: Any, gradient_model: Any) -> float:
     if ids_a != ids_b:
         raise ModelMismatch("The reasoner's and the gradient model's tokenizers disagree on a probe; "
                             "load both from the same model folder.")
+    if not callable(getattr(reasoner, "prompt_logprobs", None)):
+        raise NotImplementedError(f"{type(reasoner).__name__} reports no log-probabilities.")
     a, b = reasoner.prompt_logprobs(ids_a), gradient_model.prompt_logprobs(ids_a)
-    gap = sum(abs(x - y) for x, y in zip(a, b)) / len(a)
+    gap = sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
     if gap > MAX_MEAN_LOGPROB_GAP:
         raise ModelMismatch(
             f"The reasoner and the gradient model give a probe's tokens log-probabilities that "

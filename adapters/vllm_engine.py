@@ -229,7 +229,7 @@ class VLLMReasoner(TemplateChat):
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
         params = self._sampling(temperature=0.0, max_tokens=1, prompt_logprobs=0)
         [output] = self.llm.generate([{"prompt_token_ids": list(ids)}], params, use_tqdm=False)
-        return [entry[token].logprob for entry, token in zip(output.prompt_logprobs[1:], ids[1:])]
+        return [entry[token].logprob for entry, token in zip(output.prompt_logprobs[1:], ids[1:], strict=True)]
 
     def prefix_cache_counts(self) -> tuple[int, int] | None:
         """(prompt tokens looked up, tokens found) in the prefix cache since the engine started

@@ -109,7 +109,12 @@ def parse_field(text: str, annotation: Any, *, constrained: bool = False) -> Any
         if annotation in (int, float):
             number = re.search(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
             if number:
-                return annotation(float(number.group())) if annotation is int else float(number.group())
+                value = float(number.group())
+                if annotation is float:
+                    return value
+                if value.is_integer():  # "3" or "3.0"; "3.7" is no int, and is not cut to 3
+                    return int(value)
+                raise ValueError(f"{text!r} is not an integer") from exc
         raise ValueError(str(exc)) from exc
 
 

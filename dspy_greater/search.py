@@ -242,7 +242,7 @@ class _Search:
         completions = self.reasoner.chat(
             conversations, max_new_tokens=self.config.max_reasoning_tokens,
             stop=self.renderer.stop, continue_final_message=self.renderer.continue_final_message)
-        for key, completion in zip(todo, completions):
+        for key, completion in zip(todo, completions, strict=True):
             self.reasoning[key] = completion.token_ids
 
     def rendered(self, prompt: Prompt) -> list[RenderedExample]:
@@ -328,7 +328,7 @@ def run_greater(
     if check_models:
         try:
             check_same_model(reasoner, gradient_model)
-        except (NotImplementedError, AttributeError) as exc:
+        except NotImplementedError as exc:  # a server reports no log-probabilities; a bug raises
             logger.warning("Could not check that the reasoner is the gradient model's weights "
                            "(%s); check it with a local reasoner on the same folder.", exc)
     search = _Search(config, examples, renderer, reasoner, gradient_model, reasoning_cache, scorer)

@@ -10,14 +10,16 @@ its best prompts and its starting instructions. Predictors are optimized one aft
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import math
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from .rundir import RunDir, write_json_atomically
 from .search import GreaterConfig, GreaterResult, Prompt, PromptScore, StepRecord, run_greater
 from .traces import (
     TracedRuns,
+    final_predictor,
     label_examples,
     metric_value,
     stage_examples,
@@ -67,6 +70,7 @@ class StageRun:
     examples: int  # how many examples the gradients were taken on
     search: GreaterResult | None = None
     skipped: str | None = None  # why this stage was not optimized
+    model: str | None = None  # the folder of the model it reasoned and took gradients on
 
     @property
     def history(self) -> list[StepRecord]:
@@ -79,11 +83,11 @@ class GReaTerRun:
     """What one compile did; also in ``run_dir/run.json``. Attached to the compiled program as
     ``compiled.greater_run`` (DSPy does not save it; the run directory keeps it). ``stages``
     holds one :class:`StageRun` per predictor and round; for a one-predictor program the
-    stage's fields read directly (``run.instructions``, ``run.history``, ...)."""
+    fields of its last round's stage read directly (``run.instructions``, ``run.history``, ...)."""
 
     run_dir: Path
     placement: str
-    model: str
+    model: str | dict[str, str]  # {predictor: folder} where the predictors use other models
     proxy_model: bool  # the gradients and reasoning ran on task_lm, not the program's LM
     validation_size: int
     validation_from_trainset: bool
@@ -91,10 +95,12 @@ class GReaTerRun:
 
     @property
     def only_stage(self) -> StageRun:
-        if len(self.stages) != 1:
-            raise AttributeError(f"This run optimized {len(self.stages)} stages; read them from "
-                                 "run.stages.")
-        return self.stages[0]
+        """The one predictor's stage (its last round's, with ``rounds`` > 1)."""
+        predictors = list(dict.fromkeys(stage.predictor for stage in self.stages))
+        if len(predictors) != 1:
+            raise AttributeError(f"This run optimized the predictors {predictors}; read their "
+                                 "stages from run.stages.")
+        return self.stages[-1]
 
     predictor = property(lambda self: self.only_stage.predictor)
     start_instructions = property(lambda self: self.only_stage.start_instructions)
@@ -149,13 +155,14 @@ class _MetricScorer:
             return 0.0
 
     def __call__(self, prompt: Prompt, rendered: Sequence[Any]) -> PromptScore:
+        self.errors = 0  # max_errors holds per evaluation of a prompt, as in dspy.Evaluate
         text = self.renderer.decode_prompt(prompt)
         signature = self.renderer.signature.with_instructions(text)
         tokenizer = self.renderer.tokenizer
         chains = [tokenizer.decode(list(item.ids[item.reasoning])).strip() for item in rendered]
         with ThreadPoolExecutor(max(1, min(self.num_threads, len(chains)))) as pool:
             scores = list(pool.map(lambda args: self._one(signature, *args),
-                                   zip(self.examples, chains)))
+                                   zip(self.examples, chains, strict=True)))
         mistakes = 1.0 - sum(scores) / len(scores)
         nll = _prompt_nll(self.model, rendered, self.adapter.instructions == "system")
         return PromptScore(mistakes, nll, mistakes + self.nll_weight * nll)
@@ -282,28 +289,34 @@ class GReaTer(Teleprompter):
         if split_off:
             trainset = trainset[: -len(valset)]
 
-        lm = self.task_lm or stages[0][1].lm or dspy.settings.lm
-        if lm is None:
-            raise GreaterError("No LM: configure one (dspy.configure(lm=local_lm())), set the "
-                               "predictor's lm, or pass task_lm=.")
+        # Each predictor reasons on its own LM, else on the configured one (task_lm: a proxy for all).
+        lm = self.task_lm or dspy.settings.lm
+        stage_lms = {name: self.task_lm or predictor.lm or lm for name, predictor in stages}
+        missing = [name for name, stage_lm in stage_lms.items() if stage_lm is None]
+        if missing:
+            raise GreaterError(f"No LM for {missing}: configure one (dspy.configure(lm="
+                               "local_lm())), set the predictors' lm, or pass task_lm=.")
         adapter = self.adapter or (dspy.settings.adapter if isinstance(
             dspy.settings.adapter, ForcedExtractionAdapter) else ForcedExtractionAdapter())
-        adapter.check_lm(lm)
-        reasoner, model_path = self._reasoner(lm)
-        gradient = self._gradient_model(model_path)
+        engines: dict[str, _Engine] = {}
+        for name, stage_lm in stage_lms.items():
+            adapter.check_lm(stage_lm)
+            engines[name] = self._engine(stage_lm, engines.values())
+        models = {name: engine.model for name, engine in engines.items()}
+        model_path = next(iter(models.values())) if len(set(models.values())) == 1 else models
 
         folder = Path(run_dir or self.run_dir or tempfile.mkdtemp(prefix="greater-run-"))
         identity = {"search": asdict(config), "rounds": self.rounds,
                     "predictors": {name: _describe(p.signature) for name, p in stages},
                     "start": starts, "placement": adapter.instructions, "model": model_path,
                     "trainset": _digest(trainset), "valset": _digest(valset),
-                    "metric": getattr(self.metric, "__qualname__", repr(self.metric)),
+                    "metric": metric_identity(self.metric),
                     "metric_threshold": self.metric_threshold}
         run = RunDir(folder, identity, resume=resume)
         logger.info("GReaTer run directory: %s", folder)
         max_errors = self.max_errors if self.max_errors is not None else dspy.settings.max_errors
         job = _Job(program=program, trainset=trainset, valset=valset, config=config, lm=lm,
-                   adapter=adapter, reasoner=reasoner, gradient=gradient, folder=folder,
+                   adapter=adapter, engines=engines, folder=folder,
                    resume=resume, max_errors=max_errors, single=len(stages) == 1,
                    validation=_ProgramScores(program, valset, self.metric, lm, adapter,
                                              self.num_threads, max_errors,
@@ -348,21 +361,22 @@ class GReaTer(Teleprompter):
             logger.warning("GReaTer skips %s: %s", name, skipped)
             return StageRun(name, round_, original, original, validation={}, train_scores=[],
                             validation_per_step=[], targets=source, examples=len(examples),
-                            skipped=skipped)
+                            skipped=skipped, model=job.engines[name].model)
         signature = predictor.signature
-        renderer = AdapterRenderer(signature, job.gradient.tokenizer, job.adapter,
+        engine = job.engines[name]
+        renderer = AdapterRenderer(signature, engine.gradient.tokenizer, job.adapter,
                                    demos=list(predictor.demos),
-                                   constrained=job.adapter.constrains(job.lm))
+                                   constrained=job.adapter.constrains(engine.lm))
         shared_context = job.adapter.instructions == "system"
         if job.single:
             scorer: Any = _MetricScorer(
-                metric=self.metric, examples=examples[: job.config.num_examples], lm=job.lm,
-                adapter=job.adapter, renderer=renderer, gradient_model=job.gradient,
+                metric=self.metric, examples=examples[: job.config.num_examples], lm=engine.lm,
+                adapter=job.adapter, renderer=renderer, gradient_model=engine.gradient,
                 nll_weight=job.config.selection_nll_weight, num_threads=self.num_threads,
                 max_errors=job.max_errors)
         else:
             scorer = _ProgramScorer(scores=job.training, stage=name, renderer=renderer,
-                                    gradient_model=job.gradient,
+                                    gradient_model=engine.gradient,
                                     nll_weight=job.config.selection_nll_weight,
                                     shared_context=shared_context)
         run = RunDir(folder, {"predictor": name, "round": round_, "start": original,
@@ -383,8 +397,8 @@ class GReaTer(Teleprompter):
                         job.config.steps)
         try:
             result = run_greater(
-                examples, initial_prompt=start, renderer=renderer, reasoner=job.reasoner,
-                gradient_model=job.gradient, config=job.config, scorer=scorer,
+                examples, initial_prompt=start, renderer=renderer, reasoner=engine.reasoner,
+                gradient_model=engine.gradient, config=job.config, scorer=scorer,
                 reasoning_cache=run.generations, state=state,
                 on_checkpoint=run.save_state, on_step=after_step, progress=self.progress,
                 desc="GReaTer" if job.single else f"GReaTer {name}")
@@ -399,7 +413,7 @@ class GReaTer(Teleprompter):
         predictor.signature = signature.with_instructions(best)
         stage = StageRun(name, round_, original, best, validation, train_scores,
                          [validated(record) for record in result.history], source, len(examples),
-                         result)
+                         result, model=engine.model)
         run.save_result(_stage_json(stage))
         return stage
 
@@ -448,11 +462,11 @@ class GReaTer(Teleprompter):
 
     @staticmethod
     def _labelled(job: _Job, name: str, predictor: Any, traced: TracedRuns) -> list[dspy.Example]:
-        """The last stage's fallback: its traced inputs with the examples' own labels, when its
-        target field is a label of the trainset."""
+        """The fallback of the stage that writes the program's answer (seen in the traces): its
+        traced inputs with the examples' own labels, when its target is a label of the trainset."""
         target = target_field(name, predictor.signature)
-        last = job.program.named_predictors()[-1][1]
-        if predictor is not last or not all(target in ex for ex in job.trainset):
+        if predictor is not final_predictor(traced, target) or not all(
+                target in ex for ex in job.trainset):
             return []
         return label_examples(name, predictor, traced)
 
@@ -519,25 +533,44 @@ class GReaTer(Teleprompter):
                        "validation.", held, len(trainset))
         return trainset[-held:]
 
-    def _reasoner(self, lm: Any) -> tuple[Any, str]:
+    def _engine(self, lm: Any, built: Iterable[_Engine]) -> _Engine:
+        """The reasoner and the gradient model behind ``lm`` (one gradient model per folder)."""
         from .adapters.lm import LocalEngine
         from .adapters.server import ServerReasoner
 
         engine = getattr(lm, "engine", None)
         if isinstance(engine, LocalEngine):
-            path = getattr(engine.reasoner, "model_path", None)
-            return engine.reasoner, os.fspath(self.gradient_model or path)
-        if self.gradient_model is None:
+            reasoner = engine.reasoner
+            path = self.gradient_model or getattr(reasoner, "model_path", None)
+            if path is None:
+                raise GreaterError(f"{type(reasoner).__name__} names no model folder; pass "
+                                   "gradient_model= (the folder of the same weights).")
+            path = os.fspath(path)
+        elif self.gradient_model is None:
             raise GreaterError(
                 f"The LM {getattr(lm, 'model', lm)!r} is not a local engine, so GReaTer cannot "
                 "take gradients through it. Pass gradient_model= (a local folder of the same "
                 "weights, for a vLLM server) or task_lm=local_lm(...) to optimize on a local proxy.")
-        return ServerReasoner(lm, tokenizer=self.gradient_model), os.fspath(self.gradient_model)
-
-    def _gradient_model(self, path: str) -> Any:
+        else:
+            reasoner = ServerReasoner(lm, tokenizer=self.gradient_model)
+            path = os.fspath(self.gradient_model)
+        for other in built:
+            if other.model == path:
+                return _Engine(lm, reasoner, path, other.gradient)
         from .adapters.hf import HFGradientModel
 
-        return HFGradientModel(path, dtype=self.dtype, device=self.device)
+        return _Engine(lm, reasoner, path, HFGradientModel(path, dtype=self.dtype,
+                                                           device=self.device))
+
+
+@dataclass
+class _Engine:
+    """What one stage reasons and takes gradients with."""
+
+    lm: Any
+    reasoner: Any
+    model: str  # the gradient model's folder
+    gradient: Any
 
 
 @dataclass
@@ -548,10 +581,9 @@ class _Job:
     trainset: list[dspy.Example]
     valset: list[dspy.Example]
     config: GreaterConfig
-    lm: Any
+    lm: Any  # the configured LM (a predictor's own LM comes first where it has one)
     adapter: ForcedExtractionAdapter
-    reasoner: Any
-    gradient: Any
+    engines: dict[str, _Engine]  # by predictor
     folder: Path
     resume: bool
     max_errors: int
@@ -597,7 +629,8 @@ def _stage_json(stage: StageRun) -> dict[str, Any]:
             "start_instructions": stage.start_instructions, "instructions": stage.instructions,
             "validation": stage.validation, "train_scores": stage.train_scores,
             "validation_per_step": stage.validation_per_step,
-            "targets": stage.targets, "examples": stage.examples, "skipped": stage.skipped}
+            "targets": stage.targets, "examples": stage.examples, "skipped": stage.skipped,
+            "model": stage.model}
 
 
 def _fmt(score: float | None, n: int) -> str:
@@ -610,6 +643,47 @@ def _describe(signature: Any) -> str:
     return f"{inputs} -> {outputs}"
 
 
+def metric_identity(metric: Any) -> Any:
+    """What identifies a metric across processes (a resumed run must use the same one): a
+    function by its module, name and code; a ``functools.partial`` by its function and
+    arguments; a callable object by its class and attributes. Never a memory address."""
+    if isinstance(metric, functools.partial):
+        return {"partial": metric_identity(metric.func),
+                "args": [_stable(a) for a in metric.args],
+                "keywords": {k: _stable(v) for k, v in sorted(metric.keywords.items())}}
+    if inspect.ismethod(metric):
+        return {"method": metric_identity(metric.__func__), "of": _stable(metric.__self__)}
+    code = getattr(metric, "__code__", None)
+    if code is not None:
+        return {"function": f"{metric.__module__}.{metric.__qualname__}", "code": _code_digest(code)}
+    return {"callable": _stable(metric)}
+
+
+def _stable(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON that is the same in every process for an equal value (objects inside
+    objects by their type alone: an attribute may hold an LM)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_stable(item, depth) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_stable(item, depth) for item in value), key=repr)
+    if isinstance(value, dict):
+        return {str(key): _stable(item, depth) for key, item in value.items()}
+    if callable(value) and (hasattr(value, "__code__") or isinstance(value, functools.partial)):
+        return metric_identity(value)
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    fields = getattr(value, "__dict__", None)
+    return {kind: _stable(fields, depth + 1)} if fields is not None and depth == 0 else kind
+
+
+def _code_digest(code: Any) -> str:
+    """The code's bytecode, names and constants (nested code objects by their own digest)."""
+    constants = [_code_digest(c) if inspect.iscode(c) else repr(_stable(c)) for c in code.co_consts]
+    text = json.dumps([code.co_code.hex(), list(code.co_names), constants])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _digest(examples: Sequence[dspy.Example]) -> str:
     data = json.dumps([dict(ex.items()) for ex in examples], sort_keys=True, default=str)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
@@ -620,20 +694,19 @@ def _se(p: float, n: int) -> float:
 
 
 def _plot(path: Path, stages: list[StageRun]) -> None:
-    """Train and validation score per step (stages one after another), as a PNG."""
+    """Train and validation score per step (stages one after another), as a PNG. Drawn on a
+    figure of its own, not through pyplot: a notebook's backend and figures stay as they are."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: no plot (pip install matplotlib).")
         return
-    figure, axes = plt.subplots(figsize=(6, 3.5))
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
     train, checked, offset = [], [], 0
     for stage in stages:
-        for i, (score, value) in enumerate(zip(stage.train_scores, stage.validation_per_step),
-                                           offset + 1):
+        for i, (score, value) in enumerate(zip(stage.train_scores, stage.validation_per_step,
+                                               strict=True), offset + 1):
             train.append((i, score))
             if value is not None:
                 checked.append((i, value))
@@ -656,4 +729,3 @@ def _plot(path: Path, stages: list[StageRun]) -> None:
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)

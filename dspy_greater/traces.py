@@ -120,6 +120,17 @@ def stage_examples(name: str, predictor: Any, runs: TracedRuns) -> list[dspy.Exa
     return examples
 
 
+def final_predictor(runs: TracedRuns, field: str) -> Any | None:
+    """The predictor that writes the program's output ``field``: in the traced runs, the last
+    call whose ``field`` is the value the program returned (None if no run shows one)."""
+    for row in runs.rows:
+        value = row["prediction"].get(field) if hasattr(row["prediction"], "get") else None
+        for predictor, _, outputs in reversed(row["trace"]):
+            if hasattr(outputs, "get") and field in outputs and outputs.get(field) == value:
+                return predictor
+    return None
+
+
 def label_examples(name: str, predictor: Any, runs: TracedRuns) -> list[dspy.Example]:
     """Every call of ``predictor`` in every run, passing or not, targeting the example's own
     label of the same name (for the stage that writes the program's final answer)."""

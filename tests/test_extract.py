@@ -361,3 +361,12 @@ def test_the_search_runs_on_the_adapter_renderer(tiny_model, instructions):
     item = renderer.render(result.best_ids, examples[0])
     assert renderer.decode_prompt(item.prompt_ids) == result.best_prompt
     assert result.best_prompt in str(renderer.messages(result.best_ids, examples[0]))
+
+
+def test_a_number_with_a_fraction_is_not_read_as_an_int():
+    assert parse_field("3", int) == 3 and parse_field("about 12 apples", int) == 12
+    assert parse_field("3.0", int) == 3 and parse_field("3.7", float) == 3.7
+    with pytest.raises(ValueError, match="not an integer"):
+        parse_field("3.7", int)
+    with pytest.raises(ValueError, match="not an integer"):
+        parse_field("The answer is 2.5 apples", int)

@@ -221,3 +221,49 @@ def test_predictors_sharing_one_signature_object_change_apart(tiny_lm, tmp_path)
     assert compiled.first.predict.signature.instructions == "Answer."
     assert compiled.second.predict.signature.instructions == second.instructions
     assert second.start_instructions == "Think, then answer."
+
+
+class AnswerDeclaredFirst(dspy.Module):
+    """DraftThenAnswer with its predictors declared the other way round: the last declared
+    predictor does not write the program's answer."""
+
+    def __init__(self):
+        super().__init__()
+        self.answer = dspy.ChainOfThought(dspy.Signature("question, notes -> answer",
+                                                         "Answer from the notes."))
+        self.draft = dspy.ChainOfThought(dspy.Signature("question -> notes", "Take notes."))
+
+    def forward(self, question):
+        notes = self.draft(question=question).notes
+        return self.answer(question=question, notes=notes)
+
+
+def test_the_label_fallback_goes_to_the_predictor_that_writes_the_answer(tiny_lm, tmp_path):
+    def only_zero(example, prediction, trace=None):
+        return example.question == "Is 0 even?"
+
+    with dspy.context(lm=tiny_lm):
+        compiled = _optimizer(metric=only_zero).compile(
+            AnswerDeclaredFirst(), trainset=DATA[:8], valset=DATA[8:], run_dir=tmp_path / "run")
+    answer, draft = compiled.greater_run.stages
+    assert (answer.predictor, draft.predictor) == ("answer.predict", "draft.predict")
+    assert answer.skipped is None and answer.targets == "labels" and answer.examples == 8
+    assert draft.skipped
+
+
+def test_each_predictor_reasons_on_its_own_lm(tiny_lm, smol_lm, smollm2, tiny_model, tmp_path):
+    """The draft predictor has an LM of its own (the tiny model); the answer predictor has
+    none, so it runs, and is optimized, on the configured one (the embedded model)."""
+    student = DraftThenAnswer()
+    student.draft.predict.lm = tiny_lm
+    with dspy.context(lm=smol_lm):
+        compiled = _optimizer(num_threads=1, config=SMOL_CONFIG, validate_every_step=False
+                              ).compile(student, trainset=DATA[:6], valset=DATA[8:10],
+                                        run_dir=tmp_path / "run")
+    draft, answer = compiled.greater_run.stages
+    assert draft.model == str(tiny_model) and draft.skipped  # the tiny model writes no notes
+    assert answer.model == str(smollm2)
+    assert answer.skipped is None and answer.targets == "traces" and answer.examples == 3
+    assert len(answer.history) == SMOL_CONFIG.steps
+    assert compiled.greater_run.model == {"draft.predict": str(tiny_model),
+                                          "answer.predict": str(smollm2)}

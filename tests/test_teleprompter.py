@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import dspy
 import pytest
@@ -195,3 +200,119 @@ def test_a_metric_that_keeps_raising_stops_the_run(tiny_lm, tmp_path):
             _optimizer(metric=broken, max_errors=2).compile(
                 dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
                 run_dir=tmp_path / "run")
+
+
+def test_max_errors_counts_per_evaluation(tiny_lm, tmp_path):
+    """A metric that raises on one example of the batch is one error in each scoring (as in
+    dspy.Evaluate), not one more for the whole stage each time."""
+    def raises_on_one(example, prediction, trace=None):
+        if example.question == "Is 1 even?":
+            raise KeyError("gold")
+        return bbh_metric(example, prediction, trace)
+
+    with dspy.context(lm=tiny_lm):
+        compiled = _optimizer(metric=raises_on_one, max_errors=1).compile(
+            dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
+            run_dir=tmp_path / "run")
+    assert len(compiled.greater_run.history) == TINY_CONFIG.steps
+
+
+def test_one_predictor_over_two_rounds_reads_as_its_last_round(tiny_lm, tmp_path):
+    with dspy.context(lm=tiny_lm):
+        compiled = _optimizer(rounds=2).compile(
+            dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
+            run_dir=tmp_path / "run")
+    run = compiled.greater_run
+    first, last = run.stages
+    assert (first.round, last.round) == (0, 1)
+    assert last.start_instructions == first.instructions
+    assert run.instructions == last.instructions == compiled.predict.signature.instructions
+    assert run.history == last.history and run.validation == last.validation
+
+
+class ThresholdMetric:
+    """A metric object: its repr holds a memory address, which differs in every process."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def __call__(self, example, prediction, trace=None):
+        return float(bbh_metric(example, prediction, trace)) >= self.threshold
+
+
+def scaled_metric(example, prediction, trace=None, scale=1.0):
+    return scale * float(bbh_metric(example, prediction, trace))
+
+
+def test_the_same_metric_resumes_and_another_is_refused(tiny_lm, tmp_path):
+    from functools import partial
+
+    from dspy_greater.rundir import RunDirMismatch
+
+    student = dspy.ChainOfThought("question -> answer")
+    with dspy.context(lm=tiny_lm):
+        for metric, other in ((ThresholdMetric(1.0), ThresholdMetric(0.5)),
+                              (partial(scaled_metric, scale=1.0), partial(scaled_metric, scale=2.0))):
+            run_dir = tmp_path / type(metric).__name__
+            done = _optimizer(metric=metric).compile(student, trainset=DATA[:6], valset=DATA[6:],
+                                                     run_dir=run_dir)
+            again = _optimizer(metric=copy.deepcopy(metric)).compile(  # another object, equal
+                student, trainset=DATA[:6], valset=DATA[6:], run_dir=run_dir, resume=True)
+            assert again.greater_run.instructions == done.greater_run.instructions
+            with pytest.raises(RunDirMismatch, match="metric"):
+                _optimizer(metric=other).compile(student, trainset=DATA[:6], valset=DATA[6:],
+                                                 run_dir=run_dir, resume=True)
+
+
+def test_a_metric_is_identified_alike_in_every_process():
+    """What the run identity stores for a partial or a metric object is the same in a new
+    process (where every memory address differs), and differs for other arguments."""
+    script = ("import json, functools, sys; sys.path.insert(0, {root!r});"
+              "from dspy_greater.teleprompter import metric_identity;"
+              "from tests.test_teleprompter import ThresholdMetric, scaled_metric;"
+              "print(json.dumps([metric_identity(ThresholdMetric(0.5)),"
+              " metric_identity(functools.partial(scaled_metric, scale=2.0))]))")
+    root = str(Path(__file__).resolve().parents[1])
+    runs = [subprocess.run([sys.executable, "-c", script.format(root=root)], capture_output=True,
+                           text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed})
+            for seed in ("1", "2")]
+    first, second = (json.loads(run.stdout.strip().splitlines()[-1]) for run in runs)
+    assert first == second
+    assert "0x" not in json.dumps(first)
+    from functools import partial
+
+    from dspy_greater.teleprompter import metric_identity
+
+    assert metric_identity(partial(scaled_metric, scale=3.0)) != first[1]
+    assert metric_identity(ThresholdMetric(0.7)) != first[0]
+
+
+def test_the_plot_leaves_matplotlib_as_the_user_set_it(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from dspy_greater.teleprompter import StageRun, _plot
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("pdf")  # say, a notebook's choice
+    try:
+        stage = StageRun("predict", 0, "Start.", "Start.", {"Start.": 0.5}, [0.5, 0.75],
+                         [0.5, None], "labels", 4)
+        _plot(tmp_path / "scores.png", [stage])
+        assert (tmp_path / "scores.png").stat().st_size > 1000
+        assert matplotlib.get_backend() == "pdf"
+        assert plt.get_fignums() == []
+    finally:
+        matplotlib.use(backend)
+
+
+class _BuggyLogprobs(HFReasoner):
+    def prompt_logprobs(self, ids):
+        return self.no_such_attribute  # a bug inside the same-model check
+
+
+def test_a_bug_in_the_same_model_check_surfaces(tiny_model, tmp_path):
+    lm = local_lm(reasoner=_BuggyLogprobs(tiny_model), max_tokens=6, cache=False)
+    with dspy.context(lm=lm), pytest.raises(AttributeError, match="no_such_attribute"):
+        _optimizer().compile(dspy.ChainOfThought("question -> answer"), trainset=DATA[:6],
+                             valset=DATA[6:], run_dir=tmp_path / "run")
