@@ -93,6 +93,7 @@ class HFReasoner(TemplateChat):
         self.model_path = os.fspath(model)
         self.dtype, self.device = dtype, device
         self.generated_sequences = 0  # every completion this reasoner produced (for measuring)
+        self.truncated_sequences = 0  # those that stopped at max_new_tokens
         self.batch_size = batch_size
         self._eos = _eos_ids(self.model, self.tokenizer)
 
@@ -112,6 +113,7 @@ class HFReasoner(TemplateChat):
             batch = [list(p) for p in prompts[start : start + self.batch_size]]
             completions.extend(self._generate(batch, max_new_tokens, list(stop), temperature))
         self.generated_sequences += len(prompts)
+        self.truncated_sequences += sum(c.finish_reason == "length" for c in completions)
         return completions
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop: list[str],

@@ -173,6 +173,7 @@ class VLLMReasoner(TemplateChat):
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
         self.generated_sequences = 0  # every completion this reasoner produced (for measuring)
+        self.truncated_sequences = 0  # those that stopped at max_new_tokens
         self.progress = progress
         self.log_stats = log_stats
         self._sampling = vllm.SamplingParams
@@ -224,6 +225,7 @@ class VLLMReasoner(TemplateChat):
                 ids.pop()
             reason = "length" if out.finish_reason == "length" else "stop"
             completions.append(Completion(text=out.text, token_ids=tuple(ids), finish_reason=reason))
+        self.truncated_sequences += sum(c.finish_reason == "length" for c in completions)
         return completions
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GreaterError  # light: no torch, no DSPy, so `--help` stays fast
+from .logs import configure_logging, generation_counts, truncation_note
 from .rundir import write_json_atomically
 
 OPTIMIZERS = ("greater", "copro", "miprov2", "gepa", "none")
@@ -176,7 +176,7 @@ def _lm(settings: dict[str, Any]) -> Any:
 
 def _generations(lm: Any) -> int:
     """Sequences the task model generated so far (every route: DSPy calls and GReaTer's search)."""
-    return int(getattr(lm.engine.reasoner, "generated_sequences", 0))
+    return generation_counts(lm.engine.reasoner)[0]
 
 
 class _Spending:
@@ -288,6 +288,7 @@ def _optimize(args: argparse.Namespace) -> int:
         print((folder / "result.json").read_text())
         return 0
     lm = _lm(settings)
+    counts = generation_counts(lm.engine.reasoner)
     program = task.program(settings["instructions"])
     logger.info("%s: %s", task.name, task.protocol)
     # GReaTer and GEPA continue where they stopped: count their earlier sessions' cost too.
@@ -317,7 +318,14 @@ def _optimize(args: argparse.Namespace) -> int:
         print(f"  dev ({len(dev)}): start {scores['dev_start']:.3f} -> result "
               f"{scores['dev_result']:.3f}")
     print(f"  wrote {folder / 'program.json'}")
+    _note_truncation(lm, counts)
     return 0
+
+
+def _note_truncation(lm: Any, since: tuple[int, int]) -> None:
+    note = truncation_note(lm.engine.reasoner, since)
+    if note:
+        logger.info(note)
 
 
 def _run_optimizer(name: str, program: Any, task: Any, lm: Any, settings: dict[str, Any],
@@ -412,6 +420,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data import majority_class_rate, standard_error
 
     started, generated = time.perf_counter(), _generations(lm)
+    counts = generation_counts(lm.engine.reasoner)
     accuracy = _accuracy(program, examples, task.metric, args.threads)
     result = {"program": str(path), "task": task.name, "protocol": task.protocol,
               "split": args.split, "n": len(examples), "model": args.model or "embedded",
@@ -423,6 +432,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     write_json_atomically(out, result)
     print(f"{task.name} {args.split} (n={len(examples)}): accuracy {accuracy:.3f} ± "
           f"{result['standard_error']:.3f} (majority class {result['majority']:.3f}); wrote {out}")
+    _note_truncation(lm, counts)
     return 0
 
 
@@ -453,11 +463,7 @@ def _load_program(path: Path, task: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    for noisy in ("dspy", "vllm", "httpx", "LiteLLM"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    configure_logging(args.verbose)
     try:
         return args.run(args)
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ from dspy.teleprompt import Teleprompter
 
 from .errors import GreaterError
 from .extract import AdapterRenderer, ForcedExtractionAdapter
+from .logs import generation_counts, truncation_note
 from .rundir import RunDir, write_json_atomically
 from .search import GreaterConfig, GreaterResult, Prompt, PromptScore, StepRecord, run_greater
 from .traces import (
@@ -302,6 +303,8 @@ class GReaTer(Teleprompter):
         for name, stage_lm in stage_lms.items():
             adapter.check_lm(stage_lm)
             engines[name] = self._engine(stage_lm, engines.values())
+        reasoners = list({id(e.reasoner): e.reasoner for e in engines.values()}.values())
+        counts = [generation_counts(reasoner) for reasoner in reasoners]
         models = {name: engine.model for name, engine in engines.items()}
         model_path = next(iter(models.values())) if len(set(models.values())) == 1 else models
 
@@ -344,6 +347,10 @@ class GReaTer(Teleprompter):
             logger.info("GReaTer %s (round %d): %r -> %r; validation %s -> %s (n=%d)",
                         stage.predictor, stage.round, stage.start_instructions, stage.instructions,
                         _fmt(start_score, len(valset)), _fmt(best_score, len(valset)), len(valset))
+        for reasoner, since in zip(reasoners, counts, strict=True):
+            note = truncation_note(reasoner, since)
+            if note:
+                logger.info("GReaTer: %s", note)
         program.greater_run = report
         return program
 

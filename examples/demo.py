@@ -12,8 +12,6 @@ About 11 minutes on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import time
 
 import dspy
@@ -21,6 +19,7 @@ import dspy
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
 from dspy_greater.adapters.lm import local_lm
+from dspy_greater.logs import configure_logging
 
 
 def accuracy(program: dspy.Module, examples: list[dspy.Example]) -> float:
@@ -38,11 +37,9 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=60, help="test questions (never selected on)")
     parser.add_argument("--run-dir", default=None, help="keep the run here (default: a temp dir)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the engines' own logs too")
     args = parser.parse_args()
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the engine's own INFO lines are many
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("dspy", "vllm", "httpx", "LiteLLM"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    configure_logging(verbose=args.verbose)  # engines' and DSPy's own warnings only with -v
 
     started = time.perf_counter()
     examples = dspy_greater.load_bbh(args.task)

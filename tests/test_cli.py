@@ -132,6 +132,10 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings, vl
     resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming" in resumed.stderr
+    # what a user reads: no warnings from the engines or DSPy (those come with -v), and the
+    # chains cut short by the token limit counted once, not one warning each
+    assert "WARNING" not in resumed.stderr and "LM response was truncated" not in resumed.stderr
+    assert resumed.stderr.count("stopped at their token limit") <= 2  # GReaTer's, the command's
     final = json.loads(stage.read_text())["state"]
     assert final["steps_done"] == 2
     assert final["history"][0] == checkpoint["history"][0]  # the first step was kept, not redone
