@@ -545,6 +545,9 @@ class GReaTer(Teleprompter):
         from .adapters.lm import LocalEngine
         from .adapters.server import ServerReasoner
 
+        for other in built:
+            if other.lm is lm:  # predictors that share an LM share its engine
+                return other
         engine = getattr(lm, "engine", None)
         if isinstance(engine, LocalEngine):
             reasoner = engine.reasoner

@@ -146,14 +146,31 @@ def test_a_two_stage_program_compiles_every_stage_and_resumes_in_the_second(smol
         assert a.validation == b.validation
 
 
-def test_too_few_passing_calls_fall_back_to_labels_or_skip(tiny_lm, tmp_path):
+class AnswerDeclaredFirst(DraftThenAnswer):
+    """The same pipeline with its predictors declared the other way round: the last declared
+    predictor does not write the program's answer."""
+
+    def __init__(self):
+        dspy.Module.__init__(self)
+        self.answer = dspy.ChainOfThought(dspy.Signature("question, notes -> answer",
+                                                         "Answer from the notes."))
+        self.draft = dspy.ChainOfThought(dspy.Signature("question -> notes", "Take notes."))
+
+
+@pytest.mark.parametrize("pipeline, order", [(DraftThenAnswer, ["draft", "answer"]),
+                                             (AnswerDeclaredFirst, ["answer", "draft"])])
+def test_too_few_passing_calls_fall_back_to_labels_or_skip(pipeline, order, tiny_lm, tmp_path):
+    """The label fallback goes to the predictor that writes the program's answer, in whichever
+    order the predictors are declared."""
     def only_zero(example, prediction, trace=None):
         return example.question == "Is 0 even?"
 
     with dspy.context(lm=tiny_lm):
         compiled = _optimizer(metric=only_zero).compile(
-            DraftThenAnswer(), trainset=DATA[:8], valset=DATA[8:], run_dir=tmp_path / "run")
-    draft, answer = compiled.greater_run.stages
+            pipeline(), trainset=DATA[:8], valset=DATA[8:], run_dir=tmp_path / "run")
+    stages = {stage.predictor: stage for stage in compiled.greater_run.stages}
+    assert list(stages) == [f"{name}.predict" for name in order]
+    draft, answer = stages["draft.predict"], stages["answer.predict"]
     # the tiny model writes empty notes: nothing to target, so the draft stage is skipped
     assert draft.skipped and "passing calls in 1 passing runs" in draft.skipped
     assert not draft.history
@@ -221,34 +238,6 @@ def test_predictors_sharing_one_signature_object_change_apart(tiny_lm, tmp_path)
     assert compiled.first.predict.signature.instructions == "Answer."
     assert compiled.second.predict.signature.instructions == second.instructions
     assert second.start_instructions == "Think, then answer."
-
-
-class AnswerDeclaredFirst(dspy.Module):
-    """DraftThenAnswer with its predictors declared the other way round: the last declared
-    predictor does not write the program's answer."""
-
-    def __init__(self):
-        super().__init__()
-        self.answer = dspy.ChainOfThought(dspy.Signature("question, notes -> answer",
-                                                         "Answer from the notes."))
-        self.draft = dspy.ChainOfThought(dspy.Signature("question -> notes", "Take notes."))
-
-    def forward(self, question):
-        notes = self.draft(question=question).notes
-        return self.answer(question=question, notes=notes)
-
-
-def test_the_label_fallback_goes_to_the_predictor_that_writes_the_answer(tiny_lm, tmp_path):
-    def only_zero(example, prediction, trace=None):
-        return example.question == "Is 0 even?"
-
-    with dspy.context(lm=tiny_lm):
-        compiled = _optimizer(metric=only_zero).compile(
-            AnswerDeclaredFirst(), trainset=DATA[:8], valset=DATA[8:], run_dir=tmp_path / "run")
-    answer, draft = compiled.greater_run.stages
-    assert (answer.predictor, draft.predictor) == ("answer.predict", "draft.predict")
-    assert answer.skipped is None and answer.targets == "labels" and answer.examples == 8
-    assert draft.skipped
 
 
 def test_each_predictor_reasons_on_its_own_lm(tiny_lm, smol_lm, smollm2, tiny_model, tmp_path):
