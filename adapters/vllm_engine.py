@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
+import time
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
@@ -60,28 +62,51 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None) -> dict[
 def _start_engine(vllm: Any, path: str, start_timeout: float, **kwargs: Any) -> Any:
     """``vllm.LLM(path, **kwargs)``, or :class:`EngineStartFailed` naming the cause.
 
-    vLLM waits for its engine process without a time limit, so an engine process that hangs
-    while failing would hang this one: after ``start_timeout`` seconds the engine's processes are
-    killed, which ends vLLM's wait. After any failure they are killed too, so that this process
-    can still exit (Python waits for its child processes at exit).
+    vLLM waits for its engine's "ready" for up to ``VLLM_ENGINE_READY_TIMEOUT_S`` (600 s), even
+    when the engine process has died meanwhile (a worker that failed to start), and waits without
+    a limit for an engine that hangs. A watcher ends both waits: when one of the engine's
+    processes dies, or after ``start_timeout`` seconds, it kills the engine's processes and
+    interrupts the waiting main thread. After any failure the processes are killed, so that this
+    process can still exit (Python waits for its child processes at exit).
     """
     ours = set(multiprocessing.active_children())
-    started, timed_out = threading.Event(), threading.Event()
+    spawned: set[Any] = set()
+    started, failed = threading.Event(), threading.Event()
+    deadline = time.monotonic() + start_timeout
+    waiting = threading.current_thread()
 
-    def stop_a_hung_start() -> None:
-        if started.wait(start_timeout):
-            return
-        timed_out.set()
-        while not started.wait(0.5):  # until vLLM gives up: its processes may not exist yet
-            _kill(set(multiprocessing.active_children()) - ours)
+    def interrupted(signum: int, frame: Any) -> None:  # runs in the waiting (main) thread
+        if not started.is_set():  # a signal that arrives late is ignored
+            raise _StartInterrupted
 
-    threading.Thread(target=stop_a_hung_start, name="dspy-greater-vllm-start", daemon=True).start()
+    previous = None
+    if waiting is threading.main_thread():  # a signal handler can only run there
+        previous = signal.signal(signal.SIGUSR1, interrupted)
+
+    def watch() -> None:
+        while not started.wait(0.5):
+            spawned.update(set(multiprocessing.active_children()) - ours)
+            if any(p.exitcode is not None for p in spawned) or time.monotonic() > deadline:
+                failed.set()
+                _kill(spawned | (set(multiprocessing.active_children()) - ours))
+                if previous is not None:
+                    signal.pthread_kill(waiting.ident, signal.SIGUSR1)  # ends vLLM's wait
+
+    threading.Thread(target=watch, name="dspy-greater-vllm-start", daemon=True).start()
     try:
         return vllm.LLM(path, **kwargs)
-    except Exception as exc:
-        _kill(set(multiprocessing.active_children()) - ours)
-        cause = (f"it had not started after {start_timeout:.0f} s" if timed_out.is_set()
-                 else f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        started.set()
+        _kill(spawned | (set(multiprocessing.active_children()) - ours))
+        if isinstance(exc, Exception) and not isinstance(exc, _StartInterrupted):
+            cause = f"{type(exc).__name__}: {exc}"  # vLLM's own error
+        elif not failed.is_set():
+            raise  # Ctrl-C during the start: no engine left behind
+        elif time.monotonic() > deadline:
+            cause = f"it had not started after {start_timeout:.0f} s"
+        else:
+            codes = sorted({p.exitcode for p in spawned if p.exitcode is not None})
+            cause = f"an engine process exited while it started, exit codes {codes}"
         space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
         raise EngineStartFailed(
             f"The vLLM engine for {path} did not start ({cause}). vLLM's log above names the "
@@ -93,6 +118,12 @@ def _start_engine(vllm: Any, path: str, start_timeout: float, **kwargs: Any) -> 
             "the transformers backend (--backend hf, or backend='hf').") from exc
     finally:
         started.set()
+        if previous is not None:
+            signal.signal(signal.SIGUSR1, previous)
+
+
+class _StartInterrupted(Exception):
+    """Raised in the thread that waits for vLLM's engine, when the engine cannot start."""
 
 
 def _kill(processes: set[Any]) -> None:

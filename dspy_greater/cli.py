@@ -5,7 +5,8 @@ optimizers, and evaluate a saved program (on another model, for transfer).
     dspy-greater evaluate --program runs/su/program.json --split test
 
 Exit codes: 0 done; 1 the run stopped on an error (the message says what and how to fix it);
-2 a bad command line; 130 interrupted (``--resume`` continues a GReaTer or GEPA run).
+2 a bad command line; 130 interrupted, 143 terminated (``--resume`` continues a GReaTer or GEPA
+run).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
+import os
+import signal
 import sys
 import threading
 import time
@@ -28,7 +32,7 @@ RESUMABLE = ("greater", "gepa")  # the others start again on --resume
 SETTINGS = "cli.json"  # what `optimize` was asked to do: a resumed run must ask the same
 PAPER_PROMPT = ("Use proper logical reasoning and think step by step. Finally give the actual "
                 "correct answer.")
-EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 DEFAULT_MAX_TOKENS = 128
 
 logger = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Optimize a task's prompt with GReaTer (or COPRO, MIPROv2, GEPA) on a local "
                     "model, and evaluate saved programs, on this or another model.",
         epilog="Exit codes: 0 done, 1 error (message says how to fix it), 2 bad command line, "
-               "130 interrupted (resume with --resume).",
+               "130 interrupted, 143 terminated (resume with --resume).",
         formatter_class=_Formatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -464,16 +468,50 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    sigterm = _Sigterm()
     try:
-        return args.run(args)
-    except KeyboardInterrupt:
-        print("\nInterrupted. Continue with the same command and --resume.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (CliError, GreaterError) as exc:  # anything else is a bug: let its traceback show
+        with sigterm:
+            return args.run(args)
+    except BaseException as exc:
+        if sigterm.received or isinstance(exc, KeyboardInterrupt):
+            print("\nInterrupted. Continue with the same command and --resume.", file=sys.stderr)
+            return EXIT_TERMINATED if sigterm.received else EXIT_INTERRUPTED
+        if not isinstance(exc, (CliError, GreaterError)):
+            raise  # a bug: let its traceback show
         if args.verbose:
             logger.exception("the run stopped")
         print(f"dspy-greater: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+class _Sigterm:
+    """SIGTERM (``kill``, a job scheduler) ends a run as Ctrl-C does, and surely: the handler
+    kills vLLM's engine processes, then raises KeyboardInterrupt. Python's default, dying at once,
+    leaves them running, orphaned; and vLLM swallows an exception raised while it starts (the
+    engine it then fails to reach ends the run all the same)."""
+
+    received = False
+    GRACE_SECONDS = 30.0
+
+    def __enter__(self) -> _Sigterm:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():  # signals reach that one only
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        for process in multiprocessing.active_children():
+            process.kill()
+        # the last resort, should anything still wait on the killed engine
+        last_resort = threading.Timer(self.GRACE_SECONDS, os._exit, (EXIT_TERMINATED,))
+        last_resort.daemon = True
+        last_resort.start()
+        raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

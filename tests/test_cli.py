@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dspy
@@ -229,3 +230,58 @@ def test_an_internal_error_shows_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(dspy_greater_cli, "_task", broken)
     with pytest.raises(ValueError, match="a bug in dspy-greater"):
         run_main("optimize", "--data", "sports_understanding", "--run-dir", str(tmp_path / "r"))
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc)."""
+    found, todo = set(), [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = {int(child) for child in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo.extend(children - found)
+            found |= children
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_leaves_no_engine_process(tmp_path):
+    """``kill`` (SIGTERM) saves what Ctrl-C saves and shuts vLLM's engine processes down; by
+    default Python would die at once and leave them running. The signal is sent once the engine's
+    processes exist, while a 50-step run is far from its end."""
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [str(SCRIPT), "optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "50",
+         "--no-cache", "--run-dir", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    engine: set[int] = set()
+    deadline = time.monotonic() + 300
+    while len(engine) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        engine = {pid for pid in _descendants(process.pid) if b"VLLM::" in _cmdline(pid)}
+    assert len(engine) >= 2, "the engine's processes (EngineCore, Worker) never showed"
+    process.terminate()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "--resume" in stderr
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in engine) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in engine), "vLLM's processes outlived the command"
+    assert not (run / "result.json").exists()

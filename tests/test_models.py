@@ -52,14 +52,11 @@ def test_second_call_reuses_the_cache(smollm2, caplog):
     weights = smollm2 / "model.safetensors"
     before = weights.stat()
     with caplog.at_level(logging.INFO, logger="dspy_greater.models"):
-        started = time.perf_counter()
         again = models.default_model()
-        elapsed = time.perf_counter() - started
     assert again == smollm2
     after = weights.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert not [r for r in caplog.records if "Converting" in r.getMessage()]
-    assert elapsed < 2.0, f"a cached lookup took {elapsed:.1f} s"
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):

@@ -103,7 +103,7 @@ def test_missing_vllm_names_the_extra(monkeypatch, tiny_model, caplog):
 def test_an_engine_that_cannot_start_fails_fast_and_leaves_no_process(smollm2, tmp_path):
     before = set(_session_engines())
     started = time.monotonic()
-    with pytest.raises(EngineStartFailed, match="did not start \\(RuntimeError: Engine core"):
+    with pytest.raises(EngineStartFailed, match="did not start"):
         VLLMReasoner(broken_copy(smollm2, tmp_path / "broken"), max_model_len=512)
     assert time.monotonic() - started < 120
     assert set(_session_engines()) == before
