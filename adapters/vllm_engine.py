@@ -98,12 +98,13 @@ def _start_engine(vllm: Any, path: str, start_timeout: float, **kwargs: Any) -> 
     except BaseException as exc:
         started.set()
         _kill(spawned | (set(multiprocessing.active_children()) - ours))
-        if isinstance(exc, Exception) and not isinstance(exc, _StartInterrupted):
+        timed_out = failed.is_set() and time.monotonic() > deadline
+        if timed_out:  # whichever error vLLM raised when its processes were killed
+            cause = f"it had not started after {start_timeout:.0f} s"
+        elif isinstance(exc, Exception) and not isinstance(exc, _StartInterrupted):
             cause = f"{type(exc).__name__}: {exc}"  # vLLM's own error
         elif not failed.is_set():
             raise  # Ctrl-C during the start: no engine left behind
-        elif time.monotonic() > deadline:
-            cause = f"it had not started after {start_timeout:.0f} s"
         else:
             codes = sorted({p.exitcode for p in spawned if p.exitcode is not None})
             cause = f"an engine process exited while it started, exit codes {codes}"
