@@ -423,15 +423,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     lm = _lm(settings)
     from .data import majority_class_rate, standard_error
 
-    started, generated = time.perf_counter(), _generations(lm)
-    counts = generation_counts(lm.engine.reasoner)
+    started, counts = time.perf_counter(), generation_counts(lm.engine.reasoner)
     accuracy = _accuracy(program, examples, task.metric, args.threads)
     result = {"program": str(path), "task": task.name, "protocol": task.protocol,
               "split": args.split, "n": len(examples), "model": args.model or "embedded",
               "accuracy": accuracy, "standard_error": standard_error(accuracy, len(examples)),
               "majority": majority_class_rate(examples),
               "seconds": time.perf_counter() - started,
-              "generations": _generations(lm) - generated,
+              "generations": _generations(lm) - counts[0],
               "instructions": {n: p.signature.instructions for n, p in program.named_predictors()}}
     write_json_atomically(out, result)
     print(f"{task.name} {args.split} (n={len(examples)}): accuracy {accuracy:.3f} ± "
