@@ -70,7 +70,11 @@ class Reasoner(Protocol):
     """Batched greedy generation."""
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
         temperature: float = 0.0,
     ) -> list[Completion]:
         """Continue each token-id prompt (the ids are used as given): greedily, or sampled at
@@ -106,8 +110,11 @@ def chat_prompt_ids(
     """
     texts = [
         tokenizer.apply_chat_template(
-            list(conv), tokenize=False, add_generation_prompt=not continue_final_message,
-            continue_final_message=continue_final_message)
+            list(conv),
+            tokenize=False,
+            add_generation_prompt=not continue_final_message,
+            continue_final_message=continue_final_message,
+        )
         for conv in conversations
     ]
     return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
@@ -120,7 +127,11 @@ class TemplateChat:
     tokenizer: Any
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
         temperature: float = 0.0,
     ) -> list[Completion]:
         raise NotImplementedError
@@ -134,8 +145,9 @@ class TemplateChat:
         continue_final_message: bool = False,
     ) -> list[Completion]:
         """Complete each conversation greedily; see :class:`Reasoner`."""
-        ids = chat_prompt_ids(self.tokenizer, conversations,
-                              continue_final_message=continue_final_message)
+        ids = chat_prompt_ids(
+            self.tokenizer, conversations, continue_final_message=continue_final_message
+        )
         return self.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
 
 
@@ -149,8 +161,7 @@ class GradientModel(Protocol):
         ...
 
     @property
-    def special_ids(self) -> frozenset[int]:
-        ...
+    def special_ids(self) -> frozenset[int]: ...
 
     def ranked_next_tokens(
         self,
@@ -218,5 +229,4 @@ class Renderer(Protocol):
         reasoner (local or a server) is asked to continue."""
         ...
 
-    def decode_prompt(self, prompt_ids: Sequence[int]) -> str:
-        ...
+    def decode_prompt(self, prompt_ids: Sequence[int]) -> str: ...

@@ -101,7 +101,11 @@ class HFReasoner(TemplateChat):
         return _prompt_logprobs(self.model, ids, self.device)
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
         temperature: float = 0.0,
     ) -> list[Completion]:
         """Continue each token-id prompt, in batches of ``batch_size``: greedily, or sampled at
@@ -116,16 +120,20 @@ class HFReasoner(TemplateChat):
         self.truncated_sequences += sum(c.finish_reason == "length" for c in completions)
         return completions
 
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop: list[str],
-                  temperature: float) -> list[Completion]:
+    def _generate(
+        self, prompts: list[list[int]], max_new_tokens: int, stop: list[str], temperature: float
+    ) -> list[Completion]:
         import torch
 
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
-                            device=self.device)
+        input_ids = torch.tensor(
+            [[pad] * (width - len(p)) + p for p in prompts], device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
+        )
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids,
@@ -147,7 +155,9 @@ class HFReasoner(TemplateChat):
         if hit:
             text = text[: min(hit)]
         finished = cut is not None or bool(hit) or len(ids) < max_new_tokens
-        return Completion(text=text, token_ids=tuple(ids), finish_reason="stop" if finished else "length")
+        return Completion(
+            text=text, token_ids=tuple(ids), finish_reason="stop" if finished else "length"
+        )
 
 
 class HFGradientModel:
@@ -197,8 +207,11 @@ class HFGradientModel:
     def _run(self, ids: Sequence[int], *, embeds: Any = None, past: Any = None) -> tuple[Any, Any]:
         torch = self._torch
         if embeds is None:
-            out = self._backbone(input_ids=torch.tensor([list(ids)], device=self.device),
-                                 past_key_values=past, use_cache=True)
+            out = self._backbone(
+                input_ids=torch.tensor([list(ids)], device=self.device),
+                past_key_values=past,
+                use_cache=True,
+            )
         else:
             out = self._backbone(inputs_embeds=embeds[None], past_key_values=past, use_cache=True)
         return out.last_hidden_state[0], out.past_key_values
@@ -210,7 +223,9 @@ class HFGradientModel:
         if not 0 <= position <= example.slot.stop - example.slot.start:
             raise IndexError(f"prompt position {position} is outside the slot {example.slot}.")
         if at < 1:
-            raise ValueError("The prompt slot must not start the sequence (nothing to condition on).")
+            raise ValueError(
+                "The prompt slot must not start the sequence (nothing to condition on)."
+            )
         with self._torch.no_grad():
             hidden, cache = self._run(example.ids[:at])
         return hidden, cache, at
@@ -261,7 +276,9 @@ class HFGradientModel:
 
         def hidden_before(absolute: range) -> Any:
             # State predicting token t is the one at t - 1: from the prefix or the relaxed run.
-            rows = [hidden_prefix[t - 1] if t - 1 < at else hidden_rest[t - 1 - at] for t in absolute]
+            rows = [
+                hidden_prefix[t - 1] if t - 1 < at else hidden_rest[t - 1 - at] for t in absolute
+            ]
             return torch.stack(rows)
 
         answer = range(example.answer.start, example.answer.stop)
@@ -297,9 +314,14 @@ class HFGradientModel:
             weights = torch.zeros(len(candidates), dtype=self._embeddings.dtype, device=self.device)
             weights[list(candidates).index(current)] = 1.0
             weights.requires_grad_(True)
-            loss = self.relaxed_loss(example, position, candidates, weights,
-                                     answer_temperature=answer_temperature,
-                                     fluency_weight=fluency_weight)
+            loss = self.relaxed_loss(
+                example,
+                position,
+                candidates,
+                weights,
+                answer_temperature=answer_temperature,
+                fluency_weight=fluency_weight,
+            )
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"The loss of example {index} is {loss.item()} (not finite). Try dtype="
@@ -322,13 +344,22 @@ class HFGradientModel:
                 slot = range(example.slot.start, example.slot.stop)
                 rows = torch.tensor([t - 1 for t in (*slot, *answer)], device=self.device)
                 logprobs = torch.log_softmax(self._logits(hidden[rows]), dim=-1)
-                targets = torch.tensor([example.ids[t] for t in (*slot, *answer)], device=self.device)
+                targets = torch.tensor(
+                    [example.ids[t] for t in (*slot, *answer)], device=self.device
+                )
                 nll = -logprobs.gather(1, targets[:, None])[:, 0]
                 n_slot = len(slot)
                 answer_nll = nll[n_slot:]
                 correct = bool((logprobs[n_slot:].argmax(-1) == targets[n_slot:]).all())
-            scores.append(ExampleScore(correct=correct, answer_loss=float(answer_nll.mean()),
-                                       prompt_nll=float(nll[:n_slot].mean())))
+            scores.append(
+                ExampleScore(
+                    correct=correct,
+                    answer_loss=float(answer_nll.mean()),
+                    prompt_nll=float(nll[:n_slot].mean()),
+                )
+            )
             if not math.isfinite(scores[-1].answer_loss):
-                raise FloatingPointError(f"The answer loss of example {len(scores) - 1} is not finite.")
+                raise FloatingPointError(
+                    f"The answer loss of example {len(scores) - 1} is not finite."
+                )
         return scores

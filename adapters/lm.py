@@ -35,15 +35,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 1024
 
 
-def make_reasoner(model: str | os.PathLike[str], *, backend: str = "auto", **kwargs: Any) -> Reasoner:
+def make_reasoner(
+    model: str | os.PathLike[str], *, backend: str = "auto", **kwargs: Any
+) -> Reasoner:
     """A local reasoner: ``"vllm"``, ``"hf"`` (transformers), or ``"auto"`` (vLLM when installed)."""
     from .vllm_engine import VLLMReasoner, vllm_available
 
     if backend == "auto":
         backend = "vllm" if vllm_available() else "hf"
         if backend == "hf":
-            logger.warning("vLLM is not installed: generating with transformers' generate "
-                           "(slower). Install dspy-greater[cpu] or [vllm] for vLLM.")
+            logger.warning(
+                "vLLM is not installed: generating with transformers' generate "
+                "(slower). Install dspy-greater[cpu] or [vllm] for vLLM."
+            )
     if backend == "vllm":
         return VLLMReasoner(model, **kwargs)
     if backend == "hf":
@@ -99,17 +103,24 @@ class LocalEngine:
         if schema is not None and not getattr(self.reasoner, "supports_json_schema", False):
             raise GreaterError(
                 f"{type(self.reasoner).__name__} cannot constrain generation to a JSON schema "
-                "(response_format); use the vLLM backend (pip install dspy-greater[cpu] or [vllm]).")
+                "(response_format); use the vLLM backend (pip install dspy-greater[cpu] or [vllm])."
+            )
         continuing = conversation[-1]["role"] == "assistant"
-        [ids] = chat_prompt_ids(self.reasoner.tokenizer, [conversation],  # type: ignore[attr-defined]
-                                continue_final_message=continuing)
+        [ids] = chat_prompt_ids(
+            self.reasoner.tokenizer,
+            [conversation],  # type: ignore[attr-defined]
+            continue_final_message=continuing,
+        )
         future: Future = Future()
         self._jobs.put(_Job(ids, max_tokens, stop, schema, temperature, future))
         completion = self._wait(future)
         return Response(
-            id=None, model=request.model, message=Message.assistant(completion.text),
+            id=None,
+            model=request.model,
+            message=Message.assistant(completion.text),
             finish_reason=completion.finish_reason,
-            usage=Usage(input_tokens=len(ids), output_tokens=len(completion.token_ids)))
+            usage=Usage(input_tokens=len(ids), output_tokens=len(completion.token_ids)),
+        )
 
     def stream(self, request: Any) -> Any:
         return response_to_events(self.complete(request))
@@ -129,8 +140,10 @@ class LocalEngine:
 
     @staticmethod
     def _stopped(cause: BaseException | None) -> GreaterError:
-        return GreaterError(f"The local engine's worker thread stopped ({cause!r}); this LM "
-                            "cannot answer any more. Build a new one with local_lm().")
+        return GreaterError(
+            f"The local engine's worker thread stopped ({cause!r}); this LM "
+            "cannot answer any more. Build a new one with local_lm()."
+        )
 
     def _serve(self) -> None:
         try:
@@ -161,19 +174,23 @@ class LocalEngine:
     def _run_batch(self, jobs: list[_Job]) -> None:
         groups: dict[tuple[int, tuple[str, ...], str | None, float], list[_Job]] = {}
         for job in jobs:
-            groups.setdefault((job.max_tokens, job.stop, job.schema, job.temperature), []).append(job)
+            groups.setdefault((job.max_tokens, job.stop, job.schema, job.temperature), []).append(
+                job
+            )
         for (max_tokens, stop, schema, temperature), group in groups.items():
             self.batch_sizes.append(len(group))
             options: dict[str, Any] = {} if schema is None else {"json_schema": json.loads(schema)}
             if temperature > 0:  # keyword only when sampling: greedy reasoners need not know it
                 options["temperature"] = temperature
             try:
-                outs = self.reasoner.generate([j.ids for j in group], max_new_tokens=max_tokens,
-                                              stop=stop, **options)
+                outs = self.reasoner.generate(
+                    [j.ids for j in group], max_new_tokens=max_tokens, stop=stop, **options
+                )
                 if len(outs) != len(group):
                     raise GreaterError(
                         f"{type(self.reasoner).__name__}.generate returned {len(outs)} "
-                        f"completions for {len(group)} prompts.")
+                        f"completions for {len(group)} prompts."
+                    )
             except Exception as exc:  # hand the failure to every caller of the batch
                 for job in group:
                     job.future.set_exception(exc)
@@ -213,18 +230,25 @@ def _json_schema(response_format: Any) -> str | None:
     if response_format is None:
         return None
     if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
-        schema = response_format.get("schema") or response_format.get("json_schema", {}).get("schema")
+        schema = response_format.get("schema") or response_format.get("json_schema", {}).get(
+            "schema"
+        )
         if isinstance(schema, dict):
             return json.dumps(schema, sort_keys=True)
-    raise GreaterError(f"Local engines take response_format={{'type': 'json_schema', ...}} only, "
-                       f"got {response_format!r}.")
+    raise GreaterError(
+        f"Local engines take response_format={{'type': 'json_schema', ...}} only, "
+        f"got {response_format!r}."
+    )
 
 
 def _conversation(request: Any) -> Conversation:
     messages: Conversation = []
     if request.system is not None:
-        system = request.system if isinstance(request.system, str) else "".join(
-            getattr(p, "text", "") or "" for p in request.system)
+        system = (
+            request.system
+            if isinstance(request.system, str)
+            else "".join(getattr(p, "text", "") or "" for p in request.system)
+        )
         messages.append({"role": "system", "content": system})
     messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
     return messages
@@ -251,9 +275,14 @@ def local_lm(
         reasoner = make_reasoner(model, backend=backend)
     engine = LocalEngine(reasoner)
     # DSPy's cache key holds the model string: it names the weights, not just the folder's name.
-    return dspy.LM(f"local/{type(reasoner).__name__}/{model_identity(reasoner)}", engine=engine,
-                   async_engine=AsyncLocalEngine(engine), temperature=0.0, max_tokens=max_tokens,
-                   **lm_kwargs)
+    return dspy.LM(
+        f"local/{type(reasoner).__name__}/{model_identity(reasoner)}",
+        engine=engine,
+        async_engine=AsyncLocalEngine(engine),
+        temperature=0.0,
+        max_tokens=max_tokens,
+        **lm_kwargs,
+    )
 
 
 _FINGERPRINTED = {".safetensors", ".bin", ".gguf", ".pt", ".json", ".jinja", ".model"}
@@ -268,8 +297,11 @@ def model_identity(reasoner: Any) -> str:
     if path is None:
         return f"{type(reasoner).__name__}-{uuid.uuid4().hex[:16]}"
     folder = Path(os.fspath(path)).resolve()
-    digest = hashlib.sha256(json.dumps([str(folder), type(reasoner).__qualname__,
-                                        str(getattr(reasoner, "dtype", None))]).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            [str(folder), type(reasoner).__qualname__, str(getattr(reasoner, "dtype", None))]
+        ).encode()
+    )
     files = sorted(folder.iterdir()) if folder.is_dir() else [folder]
     for file in files:
         if file.is_file() and file.suffix in _FINGERPRINTED:

@@ -12,7 +12,10 @@ from .base import chat_prompt_ids
 logger = logging.getLogger(__name__)
 
 PROBE = [
-    {"role": "user", "content": "Is the following sentence plausible? \"The goalie saved a penalty.\""},
+    {
+        "role": "user",
+        "content": 'Is the following sentence plausible? "The goalie saved a penalty."',
+    },
     {"role": "assistant", "content": "A goalie saves penalties in football, so the sentence is"},
 ]
 # Mean |difference| of per-token log-probabilities (nats) still taken as the same weights:
@@ -30,13 +33,17 @@ def check_same_model(reasoner: Any, gradient_model: Any) -> float:
     template_a = getattr(reasoner.tokenizer, "chat_template", None)
     template_b = getattr(gradient_model.tokenizer, "chat_template", None)
     if template_a != template_b:
-        raise ModelMismatch("The reasoner's and the gradient model's chat templates differ; "
-                            "load both from the same model folder.")
+        raise ModelMismatch(
+            "The reasoner's and the gradient model's chat templates differ; "
+            "load both from the same model folder."
+        )
     [ids_a] = chat_prompt_ids(reasoner.tokenizer, [PROBE], continue_final_message=True)
     [ids_b] = chat_prompt_ids(gradient_model.tokenizer, [PROBE], continue_final_message=True)
     if ids_a != ids_b:
-        raise ModelMismatch("The reasoner's and the gradient model's tokenizers disagree on a probe; "
-                            "load both from the same model folder.")
+        raise ModelMismatch(
+            "The reasoner's and the gradient model's tokenizers disagree on a probe; "
+            "load both from the same model folder."
+        )
     if not callable(getattr(reasoner, "prompt_logprobs", None)):
         raise NotImplementedError(f"{type(reasoner).__name__} reports no log-probabilities.")
     a, b = reasoner.prompt_logprobs(ids_a), gradient_model.prompt_logprobs(ids_a)

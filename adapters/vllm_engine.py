@@ -116,7 +116,8 @@ def _start_engine(vllm: Any, path: str, start_timeout: float, **kwargs: Any) -> 
             f"{f' (VLLM_CPU_KVCACHE_SPACE={space} GiB)' if space else ''}, e.g. while other "
             "processes hold it: free some, or lower VLLM_CPU_KVCACHE_SPACE; a model folder that "
             "is incomplete (convert or copy it again); or no vLLM build for this machine: use "
-            "the transformers backend (--backend hf, or backend='hf').") from exc
+            "the transformers backend (--backend hf, or backend='hf')."
+        ) from exc
     finally:
         started.set()
         if previous is not None:
@@ -191,14 +192,31 @@ class VLLMReasoner(TemplateChat):
             apply_cpu_defaults()
         if enforce_eager is None:
             enforce_eager = _on_cpu()
-        key = (path, dtype, enforce_eager, max_model_len, seed, log_stats,
-               tuple(sorted(engine_kwargs.items())))
+        key = (
+            path,
+            dtype,
+            enforce_eager,
+            max_model_len,
+            seed,
+            log_stats,
+            tuple(sorted(engine_kwargs.items())),
+        )
         if key not in _ENGINES:
-            logger.info("Starting the vLLM engine for %s (%s, eager=%s).", path, dtype, enforce_eager)
+            logger.info(
+                "Starting the vLLM engine for %s (%s, eager=%s).", path, dtype, enforce_eager
+            )
             _ENGINES[key] = _start_engine(
-                vllm, path, start_timeout, dtype=dtype, enforce_eager=enforce_eager,
-                max_model_len=max_model_len, seed=seed, enable_prefix_caching=True,
-                disable_log_stats=not log_stats, **engine_kwargs)
+                vllm,
+                path,
+                start_timeout,
+                dtype=dtype,
+                enforce_eager=enforce_eager,
+                max_model_len=max_model_len,
+                seed=seed,
+                enable_prefix_caching=True,
+                disable_log_stats=not log_stats,
+                **engine_kwargs,
+            )
         self._key = key
         self.model_path, self.dtype = path, dtype
         self.llm = _ENGINES[key]
@@ -209,9 +227,14 @@ class VLLMReasoner(TemplateChat):
         self.progress = progress
         self.log_stats = log_stats
         self._sampling = vllm.SamplingParams
-        self._eos = {i for i in (self.tokenizer.eos_token_id,
-                                 getattr(self.llm.llm_engine.model_config.hf_config,
-                                         "eos_token_id", None)) if isinstance(i, int)}
+        self._eos = {
+            i
+            for i in (
+                self.tokenizer.eos_token_id,
+                getattr(self.llm.llm_engine.model_config.hf_config, "eos_token_id", None),
+            )
+            if isinstance(i, int)
+        }
 
     supports_json_schema = True
 
@@ -244,10 +267,15 @@ class VLLMReasoner(TemplateChat):
             from vllm.sampling_params import StructuredOutputsParams
 
             structured = StructuredOutputsParams(json=json_schema)
-        params = self._sampling(temperature=temperature, max_tokens=max_new_tokens,
-                                stop=list(stop) or None, structured_outputs=structured)
-        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params,
-                                    use_tqdm=self.progress)
+        params = self._sampling(
+            temperature=temperature,
+            max_tokens=max_new_tokens,
+            stop=list(stop) or None,
+            structured_outputs=structured,
+        )
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=self.progress
+        )
         self.generated_sequences += len(prompts)
         completions = []
         for output in outputs:
@@ -256,14 +284,19 @@ class VLLMReasoner(TemplateChat):
             if ids and ids[-1] in self._eos:  # same convention as HF: no end-of-sequence token
                 ids.pop()
             reason = "length" if out.finish_reason == "length" else "stop"
-            completions.append(Completion(text=out.text, token_ids=tuple(ids), finish_reason=reason))
+            completions.append(
+                Completion(text=out.text, token_ids=tuple(ids), finish_reason=reason)
+            )
         self.truncated_sequences += sum(c.finish_reason == "length" for c in completions)
         return completions
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
         params = self._sampling(temperature=0.0, max_tokens=1, prompt_logprobs=0)
         [output] = self.llm.generate([{"prompt_token_ids": list(ids)}], params, use_tqdm=False)
-        return [entry[token].logprob for entry, token in zip(output.prompt_logprobs[1:], ids[1:], strict=True)]
+        return [
+            entry[token].logprob
+            for entry, token in zip(output.prompt_logprobs[1:], ids[1:], strict=True)
+        ]
 
     def prefix_cache_counts(self) -> tuple[int, int] | None:
         """(prompt tokens looked up, tokens found) in the prefix cache since the engine started
@@ -272,7 +305,8 @@ class VLLMReasoner(TemplateChat):
             return None
         counts = {m.name: getattr(m, "value", None) for m in self.llm.get_metrics()}
         return int(counts.get("vllm:prefix_cache_queries") or 0), int(
-            counts.get("vllm:prefix_cache_hits") or 0)
+            counts.get("vllm:prefix_cache_hits") or 0
+        )
 
     def prefix_cache_hit_rate(self) -> float | None:
         """Share of prompt tokens served from the prefix cache since the engine started (None

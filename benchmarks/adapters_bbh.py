@@ -29,8 +29,15 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-CONFIGS = ("chat", "json", "forced-system", "forced-after", "typed-map", "typed-constrain",
-           "predict")
+CONFIGS = (
+    "chat",
+    "json",
+    "forced-system",
+    "forced-after",
+    "typed-map",
+    "typed-constrain",
+    "predict",
+)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
 
 
@@ -59,11 +66,13 @@ def build(config: str, labels: list[str] | None) -> tuple[Any, Any]:
 
     if config.startswith("typed"):
         answer_type = Literal[tuple(labels)] if labels else str  # type: ignore[valid-type]
-        signature = dspy.Signature({"question": (str, dspy.InputField()),
-                                    "answer": (answer_type, dspy.OutputField())})
+        signature = dspy.Signature(
+            {"question": (str, dspy.InputField()), "answer": (answer_type, dspy.OutputField())}
+        )
         closed = "map" if config == "typed-map" else "constrain"
         return dspy.ChainOfThought(signature), ForcedExtractionAdapter(
-            instructions="system", closed_sets=closed)
+            instructions="system", closed_sets=closed
+        )
     adapters = {
         "chat": dspy.ChatAdapter(),
         "json": dspy.JSONAdapter(),
@@ -90,12 +99,18 @@ class Measured:
         except AdapterParseError as exc:
             return dspy.Prediction(answer=None, parsed=False, raw=exc.lm_response or "")
         answer = prediction.answer
-        return dspy.Prediction(answer=None if answer is None else str(answer),
-                               parsed=answer is not None, raw="")
+        return dspy.Prediction(
+            answer=None if answer is None else str(answer), parsed=answer is not None, raw=""
+        )
 
 
-def run_config(config: str, tasks: dict[str, list[Any]], labels: dict[str, list[str] | None],
-               lm: Any, threads: int) -> dict[str, Any]:
+def run_config(
+    config: str,
+    tasks: dict[str, list[Any]],
+    labels: dict[str, list[str] | None],
+    lm: Any,
+    threads: int,
+) -> dict[str, Any]:
     import dspy
 
     from dspy_greater import bbh_answer_matches
@@ -112,7 +127,9 @@ def run_config(config: str, tasks: dict[str, list[Any]], labels: dict[str, list[
         with dspy.context(lm=lm, adapter=adapter):
             return program(question=example.question)
 
-    executor = dspy.Parallel(num_threads=threads, max_errors=len(jobs) + 1, disable_progress_bar=True)
+    executor = dspy.Parallel(
+        num_threads=threads, max_errors=len(jobs) + 1, disable_progress_bar=True
+    )
     predictions = executor([(one, (job,)) for job in jobs])
     seconds = time.perf_counter() - started
     for (task, _, _, example), prediction in zip(jobs, predictions):
@@ -142,10 +159,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("dspy").setLevel(logging.ERROR)
 
-    import dspy_greater
     from dspy_greater.adapters.lm import local_lm
 
-    names = args.tasks.split(",") if args.tasks else sorted(p.stem for p in args.data.glob("*.json"))
+    import dspy_greater
+
+    names = (
+        args.tasks.split(",") if args.tasks else sorted(p.stem for p in args.data.glob("*.json"))
+    )
     files = {name: dspy_greater.load_bbh(args.data / f"{name}.json") for name in names}
     tasks = {name: examples[: args.questions] for name, examples in files.items()}
     labels = {name: task_labels(examples) for name, examples in files.items()}
@@ -165,8 +185,10 @@ def report(results: dict[str, Any], tasks: dict[str, list[Any]], args: Any) -> N
     from dspy_greater import majority_class_rate, standard_error
 
     majority = {t: majority_class_rate(ex) for t, ex in tasks.items()}
-    print(f"\nBBH, {len(tasks)} tasks x first {args.questions} questions, SmolLM2-135M-Instruct, "
-          f"greedy, max_tokens {args.max_tokens} per call, local vLLM engine (CPU)\n")
+    print(
+        f"\nBBH, {len(tasks)} tasks x first {args.questions} questions, SmolLM2-135M-Instruct, "
+        f"greedy, max_tokens {args.max_tokens} per call, local vLLM engine (CPU)\n"
+    )
     print("| config | tasks | parse rate | accuracy (± s.e.) | regex-rescued | majority | wall |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     # Identical LM calls are answered from DSPy's cache (`json` repeats `chat`'s fallback
@@ -180,9 +202,11 @@ def report(results: dict[str, Any], tasks: dict[str, list[Any]], args: Any) -> N
         regex = statistics.mean(r["regex"] / r["n"] for r in per_task.values())
         parsed = sum(r["parsed"] for r in per_task.values()) / n
         floor = statistics.mean(majority[t] for t in per_task)
-        print(f"| {config} | {len(per_task)} | {parsed:.1%} | {acc:.1%} ± "
-              f"{standard_error(acc, n):.1%} | {regex:.1%} | {floor:.1%} | "
-              f"{rows['_seconds']:.0f} s |")
+        print(
+            f"| {config} | {len(per_task)} | {parsed:.1%} | {acc:.1%} ± "
+            f"{standard_error(acc, n):.1%} | {regex:.1%} | {floor:.1%} | "
+            f"{rows['_seconds']:.0f} s |"
+        )
     configs = [c for c in results if any(not t.startswith("_") for t in results[c])]
     print("\nAccuracy per task (parse rate in brackets where below 100 %)\n")
     print("| task | majority | " + " | ".join(configs) + " |")

@@ -25,9 +25,9 @@ def main() -> None:
     logging.getLogger("dspy").setLevel(logging.ERROR)
 
     import dspy
+    from dspy_greater.adapters.lm import local_lm
 
     import dspy_greater
-    from dspy_greater.adapters.lm import local_lm
 
     lm = local_lm(max_tokens=args.max_tokens, cache=False)
     devset = dspy_greater.load_bbh(args.task)[: args.questions]
@@ -35,9 +35,14 @@ def main() -> None:
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):
         calls_before, batches_before = len(lm.history), len(lm.engine.batch_sizes)
-        evaluate = dspy.Evaluate(devset=devset, metric=dspy_greater.bbh_metric, num_threads=threads,
-                                 max_errors=10 * len(devset), display_progress=False,
-                                 failure_score=0.0)
+        evaluate = dspy.Evaluate(
+            devset=devset,
+            metric=dspy_greater.bbh_metric,
+            num_threads=threads,
+            max_errors=10 * len(devset),
+            display_progress=False,
+            failure_score=0.0,
+        )
         started = time.perf_counter()
         with dspy.context(lm=lm):
             result = evaluate(program)
@@ -45,10 +50,13 @@ def main() -> None:
         history = lm.history[calls_before:]
         tokens = sum(h["usage"]["completion_tokens"] for h in history)
         batches = lm.engine.batch_sizes[batches_before:]
-        rows.append((threads, wall, len(history), tokens / wall, sum(batches) / len(batches),
-                     result.score))
-    print(f"dspy.Evaluate, ChainOfThought, {len(devset)} {args.task} questions, local vLLM engine, "
-          f"max_tokens {args.max_tokens}, SmolLM2-135M, CPU\n")
+        rows.append(
+            (threads, wall, len(history), tokens / wall, sum(batches) / len(batches), result.score)
+        )
+    print(
+        f"dspy.Evaluate, ChainOfThought, {len(devset)} {args.task} questions, local vLLM engine, "
+        f"max_tokens {args.max_tokens}, SmolLM2-135M, CPU\n"
+    )
     print("| threads | wall | LM calls | generated tokens/s | mean batch | score |")
     print("| --- | --- | --- | --- | --- | --- |")
     for threads, wall, calls, rate, batch, score in rows:

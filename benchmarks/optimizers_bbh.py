@@ -23,8 +23,14 @@ from pathlib import Path
 from dspy_greater import cli, standard_error
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
-TASKS = ("sports_understanding", "causal_judgement", "formal_fallacies", "boolean_expressions",
-         "temporal_sequences", "disambiguation_qa")
+TASKS = (
+    "sports_understanding",
+    "causal_judgement",
+    "formal_fallacies",
+    "boolean_expressions",
+    "temporal_sequences",
+    "disambiguation_qa",
+)
 BUDGETS = {  # per optimizer, chosen so that a task's row takes about half an hour here
     "none": [],
     "greater": ["--budget", "light", "--steps", "6"],
@@ -43,11 +49,32 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict | None
     folder = Path(args.run_root) / task / optimizer
     evaluation = folder / "evaluate-test-embedded.json"
     if not evaluation.exists():
-        common = ["--data", data_path(task), "--train", str(args.train), "--dev", str(args.dev),
-                  "--seed", str(args.seed), "--max-tokens", str(args.max_tokens), "--no-cache"]
+        common = [
+            "--data",
+            data_path(task),
+            "--train",
+            str(args.train),
+            "--dev",
+            str(args.dev),
+            "--seed",
+            str(args.seed),
+            "--max-tokens",
+            str(args.max_tokens),
+            "--no-cache",
+        ]
         resume = ["--resume"] if folder.exists() else []
-        code = cli.main(["optimize", *common, "--optimizer", optimizer, *BUDGETS[optimizer],
-                         "--run-dir", str(folder), *resume])
+        code = cli.main(
+            [
+                "optimize",
+                *common,
+                "--optimizer",
+                optimizer,
+                *BUDGETS[optimizer],
+                "--run-dir",
+                str(folder),
+                *resume,
+            ]
+        )
         if code != 0:
             logging.error("%s/%s: optimize exited %d", task, optimizer, code)
             return None
@@ -57,19 +84,34 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict | None
             return None
     result = json.loads((folder / "result.json").read_text())
     scored = json.loads(evaluation.read_text())
-    return {"task": task, "optimizer": optimizer, "test": scored["accuracy"], "n": scored["n"],
-            "majority": scored["majority"], "seconds": result["seconds"],
-            "generations": result["generations"], "dev_start": result.get("dev_start"),
-            "dev_result": result.get("dev_result"), "instructions": result["instructions"]}
+    return {
+        "task": task,
+        "optimizer": optimizer,
+        "test": scored["accuracy"],
+        "n": scored["n"],
+        "majority": scored["majority"],
+        "seconds": result["seconds"],
+        "generations": result["generations"],
+        "dev_start": result.get("dev_start"),
+        "dev_result": result.get("dev_result"),
+        "instructions": result["instructions"],
+    }
 
 
 def table(rows: list[dict], optimizers: list[str]) -> str:
     """Markdown: per task, test accuracy ± standard error, then (optimizers) the dev score
     before -> after, wall time and generations; the mean over the tasks every column finished."""
-    names = {"none": "start", "greater": "GReaTer", "copro": "COPRO", "miprov2": "MIPROv2",
-             "gepa": "GEPA"}
-    lines = ["| task (test n) | majority | " + " | ".join(names.get(o, o) for o in optimizers) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in optimizers) + " |"]
+    names = {
+        "none": "start",
+        "greater": "GReaTer",
+        "copro": "COPRO",
+        "miprov2": "MIPROv2",
+        "gepa": "GEPA",
+    }
+    lines = [
+        "| task (test n) | majority | " + " | ".join(names.get(o, o) for o in optimizers) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in optimizers) + " |",
+    ]
     by_task: dict[str, dict[str, dict]] = {}
     for r in rows:
         by_task.setdefault(r["task"], {})[r["optimizer"]] = r
@@ -82,18 +124,22 @@ def table(rows: list[dict], optimizers: list[str]) -> str:
                 continue
             cell = f"{r['test']:.3f} ± {standard_error(r['test'], r['n']):.3f}"
             if name != "none":
-                cell += (f"<br>dev {r['dev_start']:.2f}→{r['dev_result']:.2f}<br>"
-                         f"{r['seconds'] / 60:.0f} min, {r['generations']} gen.")
+                cell += (
+                    f"<br>dev {r['dev_start']:.2f}→{r['dev_result']:.2f}<br>"
+                    f"{r['seconds'] / 60:.0f} min, {r['generations']} gen."
+                )
             cells.append(cell)
         first = next(iter(mine.values()))
-        lines.append(f"| {task} ({first['n']}) | {first['majority']:.3f} | " + " | ".join(cells)
-                     + " |")
+        lines.append(
+            f"| {task} ({first['n']}) | {first['majority']:.3f} | " + " | ".join(cells) + " |"
+        )
     complete = [mine for mine in by_task.values() if all(o in mine for o in optimizers)]
     if complete:
         means = [f"{statistics.mean(m[o]['test'] for m in complete):.3f}" for o in optimizers]
         majority = statistics.mean(next(iter(m.values()))["majority"] for m in complete)
-        lines.append(f"| **mean of {len(complete)} tasks** | {majority:.3f} | "
-                     + " | ".join(means) + " |")
+        lines.append(
+            f"| **mean of {len(complete)} tasks** | {majority:.3f} | " + " | ".join(means) + " |"
+        )
     return "\n".join(lines)
 
 

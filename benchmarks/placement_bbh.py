@@ -20,14 +20,15 @@ import time
 from pathlib import Path
 
 import dspy
+from dspy_greater.adapters.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
-from dspy_greater.adapters.lm import local_lm
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
-PAPER_PROMPT = ("Use proper logical reasoning and think step by step. Finally give the actual "
-                "correct answer.")
+PAPER_PROMPT = (
+    "Use proper logical reasoning and think step by step. Finally give the actual correct answer."
+)
 PLACEMENTS = ("system", "after_inputs")
 
 
@@ -37,8 +38,13 @@ def load(task: str) -> list[dspy.Example]:
 
 
 def accuracy(program: dspy.Module, examples: list[dspy.Example]) -> float:
-    result = dspy.Evaluate(devset=examples, metric=dspy_greater.bbh_metric, num_threads=32,
-                           display_progress=False, max_errors=len(examples) + 1)(program)
+    result = dspy.Evaluate(
+        devset=examples,
+        metric=dspy_greater.bbh_metric,
+        num_threads=32,
+        display_progress=False,
+        max_errors=len(examples) + 1,
+    )(program)
     return result.score / 100
 
 
@@ -52,52 +58,81 @@ def run_one(task: str, placement: str, args: argparse.Namespace) -> dict:
     resume = (run_dir / "run.json").exists()
     started = time.perf_counter()
     with dspy.context(adapter=adapter):
-        optimizer = GReaTer(metric=dspy_greater.bbh_metric, auto=args.budget, steps=args.steps,
-                            adapter=adapter, seed=args.seed, validate_every_step=False)
-        compiled = optimizer.compile(program, trainset=splits.train, valset=splits.dev,
-                                     run_dir=run_dir, resume=resume)
+        optimizer = GReaTer(
+            metric=dspy_greater.bbh_metric,
+            auto=args.budget,
+            steps=args.steps,
+            adapter=adapter,
+            seed=args.seed,
+            validate_every_step=False,
+        )
+        compiled = optimizer.compile(
+            program, trainset=splits.train, valset=splits.dev, run_dir=run_dir, resume=resume
+        )
         optimized_seconds = time.perf_counter() - started
         before, after = accuracy(program, test), accuracy(compiled, test)
     run = compiled.greater_run
-    return {"task": task, "placement": placement, "start": run.start_instructions,
-            "instructions": run.instructions, "validation_start": run.validation[run.start_instructions],
-            "validation_best": run.validation[run.instructions], "validation_size": len(splits.dev),
-            "test_start": before, "test_best": after, "test_size": len(test),
-            "majority": dspy_greater.majority_class_rate(test), "compile_seconds": optimized_seconds,
-            "resumed": resume}
+    return {
+        "task": task,
+        "placement": placement,
+        "start": run.start_instructions,
+        "instructions": run.instructions,
+        "validation_start": run.validation[run.start_instructions],
+        "validation_best": run.validation[run.instructions],
+        "validation_size": len(splits.dev),
+        "test_start": before,
+        "test_best": after,
+        "test_size": len(test),
+        "majority": dspy_greater.majority_class_rate(test),
+        "compile_seconds": optimized_seconds,
+        "resumed": resume,
+    }
 
 
 def table(rows: list[dict]) -> str:
     se = dspy_greater.standard_error
-    lines = ["| task | placement | test: start | test: optimized | majority | val: start → chosen "
-             "| compile (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| task | placement | test: start | test: optimized | majority | val: start → chosen "
+        "| compile (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         n = r["test_size"]
         lines.append(
             f"| {r['task']} | {r['placement']} | {r['test_start']:.3f} ± {se(r['test_start'], n):.3f}"
             f" | {r['test_best']:.3f} ± {se(r['test_best'], n):.3f} | {r['majority']:.3f} | "
             f"{r['validation_start']:.3f} → {r['validation_best']:.3f} | "
-            f"{r['compile_seconds']:.0f}{' (resumed)' if r['resumed'] else ''} |")
-    lines += ["", "| placement | mean test: start | mean test: optimized | mean gain | "
-              "mean majority |", "| --- | --- | --- | --- | --- |"]
+            f"{r['compile_seconds']:.0f}{' (resumed)' if r['resumed'] else ''} |"
+        )
+    lines += [
+        "",
+        "| placement | mean test: start | mean test: optimized | mean gain | mean majority |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for placement in dict.fromkeys(r["placement"] for r in rows):
         mine = [r for r in rows if r["placement"] == placement]
         start = statistics.mean(r["test_start"] for r in mine)
         best = statistics.mean(r["test_best"] for r in mine)
         majority = statistics.mean(r["majority"] for r in mine)
-        lines.append(f"| {placement} | {start:.3f} | {best:.3f} | {best - start:+.3f} | "
-                     f"{majority:.3f} |")
+        lines.append(
+            f"| {placement} | {start:.3f} | {best:.3f} | {best - start:+.3f} | {majority:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="causal_judgement,sports_understanding,navigate,"
-                        "web_of_lies", help="comma-separated BBH tasks (../shared/data/bbh or "
-                        "shipped)")
+    parser.add_argument(
+        "--tasks",
+        default="causal_judgement,sports_understanding,navigate,web_of_lies",
+        help="comma-separated BBH tasks (../shared/data/bbh or shipped)",
+    )
     parser.add_argument("--placements", default=",".join(PLACEMENTS))
-    parser.add_argument("--start", default=PAPER_PROMPT, help="starting instructions (default: "
-                        "the paper's initial prompt)")
+    parser.add_argument(
+        "--start",
+        default=PAPER_PROMPT,
+        help="starting instructions (default: the paper's initial prompt)",
+    )
     parser.add_argument("--budget", default="light", choices=["light", "medium", "heavy"])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--train", type=int, default=12)
@@ -108,7 +143,9 @@ def main() -> None:
     parser.add_argument("--run-root", default="benchmarks/runs/placement")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("dspy", "vllm", "httpx", "LiteLLM"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

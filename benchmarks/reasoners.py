@@ -18,27 +18,30 @@ import time
 
 def one_step(backend: str, examples: int, tokens: int, dtype: str) -> dict:
     if backend == "server":
-        import dspy_greater
         from dspy_greater.adapters.server import launch_vllm_server
 
-        with launch_vllm_server(dspy_greater.default_model(), served_name="smollm2",
-                                dtype=dtype) as base:
+        import dspy_greater
+
+        with launch_vllm_server(
+            dspy_greater.default_model(), served_name="smollm2", dtype=dtype
+        ) as base:
             return _one_step(backend, examples, tokens, dtype, base)
     return _one_step(backend, examples, tokens, dtype, None)
 
 
 def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str | None) -> dict:
     import dspy
-
-    import dspy_greater
     from dspy_greater.adapters.hf import HFGradientModel
     from dspy_greater.adapters.lm import make_reasoner
+
+    import dspy_greater
     from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
     from dspy_greater.search import GreaterConfig, run_greater
 
     path = dspy_greater.default_model()
-    data = dspy_greater.split(dspy_greater.load_bbh("sports_understanding"), train=examples,
-                              dev=0).train
+    data = dspy_greater.split(
+        dspy_greater.load_bbh("sports_understanding"), train=examples, dev=0
+    ).train
     started = time.perf_counter()
     if server is not None:
         from dspy_greater.adapters.server import ServerReasoner
@@ -46,8 +49,9 @@ def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str 
         lm = dspy.LM("hosted_vllm/smollm2", api_base=server, api_key="none", cache=False)
         reasoner = ServerReasoner(lm, tokenizer=path)
     elif backend == "vllm-compiled":
-        reasoner = make_reasoner(path, backend="vllm", dtype=dtype, enforce_eager=False,
-                                 log_stats=True)
+        reasoner = make_reasoner(
+            path, backend="vllm", dtype=dtype, enforce_eager=False, log_stats=True
+        )
     else:
         kwargs = {"batch_size": examples} if backend == "hf" else {"log_stats": True}
         reasoner = make_reasoner(path, backend=backend, dtype=dtype, **kwargs)
@@ -65,18 +69,32 @@ def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str 
     reasoner.chat = counting
     config = GreaterConfig.cpu(steps=1, num_examples=examples, max_reasoning_tokens=tokens)
     started = time.perf_counter()
-    result = run_greater(data, initial_prompt=PAPER_PROMPT, config=config,
-                         renderer=ChatTemplateRenderer(model.tokenizer), reasoner=reasoner,
-                         gradient_model=model, progress=False)
+    result = run_greater(
+        data,
+        initial_prompt=PAPER_PROMPT,
+        config=config,
+        renderer=ChatTemplateRenderer(model.tokenizer),
+        reasoner=reasoner,
+        gradient_model=model,
+        progress=False,
+    )
     total = time.perf_counter() - started
     [step] = result.history
     generation = result.setup_seconds["reason"] + step.seconds["select_generation"]
     hit_rate = getattr(reasoner, "prefix_cache_hit_rate", lambda: None)()
-    return {"backend": backend, "engine_start": start_seconds,
-            "reason": result.setup_seconds["reason"], "propose": step.seconds["propose"],
-            "gradient": step.seconds["gradient"], "select": step.seconds["select"],
-            "generation": generation, "total": total, "tokens": generated,
-            "tokens_per_s": generated / generation, "prefix_hit_rate": hit_rate}
+    return {
+        "backend": backend,
+        "engine_start": start_seconds,
+        "reason": result.setup_seconds["reason"],
+        "propose": step.seconds["propose"],
+        "gradient": step.seconds["gradient"],
+        "select": step.seconds["select"],
+        "generation": generation,
+        "total": total,
+        "tokens": generated,
+        "tokens_per_s": generated / generation,
+        "prefix_hit_rate": hit_rate,
+    }
 
 
 def main() -> None:
@@ -92,28 +110,57 @@ def main() -> None:
         return
     rows = []
     for backend in args.backends.split(","):
-        out = subprocess.run([sys.executable, __file__, "--child", backend, "--examples",
-                              str(args.examples), "--tokens", str(args.tokens), "--dtype", args.dtype],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                backend,
+                "--examples",
+                str(args.examples),
+                "--tokens",
+                str(args.tokens),
+                "--dtype",
+                args.dtype,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         # The engines may log to stdout too: take the marked line.
-        rows.append(json.loads(next(line[len("RESULT "):] for line in out.splitlines()
-                                    if line.startswith("RESULT "))))
-    print(f"One GReaTer step, {args.examples} examples, {args.tokens} reasoning tokens, shortlist 3, "
-          f"reasoner in {args.dtype}, gradient model fp32, SmolLM2-135M, CPU\n")
-    print("| reasoner | engine start | reason | propose | gradient | select (of which generation) "
-          "| step | generated | tokens/s | prefix-cache hits |")
+        rows.append(
+            json.loads(
+                next(
+                    line[len("RESULT ") :]
+                    for line in out.splitlines()
+                    if line.startswith("RESULT ")
+                )
+            )
+        )
+    print(
+        f"One GReaTer step, {args.examples} examples, {args.tokens} reasoning tokens, shortlist 3, "
+        f"reasoner in {args.dtype}, gradient model fp32, SmolLM2-135M, CPU\n"
+    )
+    print(
+        "| reasoner | engine start | reason | propose | gradient | select (of which generation) "
+        "| step | generated | tokens/s | prefix-cache hits |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         hits = "—" if r["prefix_hit_rate"] is None else f"{r['prefix_hit_rate']:.0%}"
-        print(f"| {r['backend']} | {r['engine_start']:.0f} s | {r['reason']:.1f} s | "
-              f"{r['propose']:.1f} s | {r['gradient']:.1f} s | {r['select']:.1f} s "
-              f"({r['generation'] - r['reason']:.1f} s) | "
-              f"{r['total']:.1f} s | {r['tokens']} | {r['tokens_per_s']:.0f} | {hits} |")
+        print(
+            f"| {r['backend']} | {r['engine_start']:.0f} s | {r['reason']:.1f} s | "
+            f"{r['propose']:.1f} s | {r['gradient']:.1f} s | {r['select']:.1f} s "
+            f"({r['generation'] - r['reason']:.1f} s) | "
+            f"{r['total']:.1f} s | {r['tokens']} | {r['tokens_per_s']:.0f} | {hits} |"
+        )
     gen = lambda r: r["generation"]  # noqa: E731
     base = rows[0]
     for r in rows[1:]:
-        print(f"\n{r['backend']} vs {base['backend']}: generation phases "
-              f"{gen(base) / gen(r):.1f}x faster, whole step {base['total'] / r['total']:.1f}x")
+        print(
+            f"\n{r['backend']} vs {base['backend']}: generation phases "
+            f"{gen(base) / gen(r):.1f}x faster, whole step {base['total'] / r['total']:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -29,23 +29,36 @@ class FullVocabularyGradientModel(HFGradientModel):
         logits = self.model(inputs_embeds=embeds[None]).logits[0]  # [T, V] at every position
         return logits.float()
 
-    def _loss(self, example: RenderedExample, one_hot: Any, *, answer_temperature: float,
-              fluency_weight: float) -> Any:
+    def _loss(
+        self,
+        example: RenderedExample,
+        one_hot: Any,
+        *,
+        answer_temperature: float,
+        fluency_weight: float,
+    ) -> Any:
         torch = self._torch
         ids = torch.tensor(example.ids, device=self.device)
         embeds = self._embeddings[ids].clone()
         embeds[example.slot] = one_hot.to(self._embeddings.dtype) @ self._embeddings
         logits = self._full_logits(embeds)
         answer = torch.arange(example.answer.start, example.answer.stop, device=self.device)
-        answer_ce = torch.nn.functional.cross_entropy(logits[answer - 1] / answer_temperature,
-                                                      ids[answer])
+        answer_ce = torch.nn.functional.cross_entropy(
+            logits[answer - 1] / answer_temperature, ids[answer]
+        )
         slot = torch.arange(example.slot.start, example.slot.stop, device=self.device)
         fluency = torch.nn.functional.cross_entropy(logits[slot - 1], ids[slot])
         return answer_ce + fluency_weight * fluency
 
-    def candidate_gradients(self, examples: Sequence[RenderedExample], position: int,
-                            candidates: Sequence[int], *, answer_temperature: float,
-                            fluency_weight: float) -> list[float]:
+    def candidate_gradients(
+        self,
+        examples: Sequence[RenderedExample],
+        position: int,
+        candidates: Sequence[int],
+        *,
+        answer_temperature: float,
+        fluency_weight: float,
+    ) -> list[float]:
         torch = self._torch
         vocab = self._embeddings.shape[0]
         total = torch.zeros(vocab, dtype=torch.float64)
@@ -53,8 +66,12 @@ class FullVocabularyGradientModel(HFGradientModel):
             prompt = torch.tensor(example.prompt_ids, device=self.device)
             one_hot = torch.nn.functional.one_hot(prompt, vocab).to(self._embeddings.dtype)
             one_hot.requires_grad_(True)
-            loss = self._loss(example, one_hot, answer_temperature=answer_temperature,
-                              fluency_weight=fluency_weight)
+            loss = self._loss(
+                example,
+                one_hot,
+                answer_temperature=answer_temperature,
+                fluency_weight=fluency_weight,
+            )
             (grad,) = torch.autograd.grad(loss, one_hot)  # [prompt length, V]
             total += grad[position].double().cpu()
         return [float(total[c]) for c in candidates]
@@ -71,8 +88,13 @@ class FullVocabularyGradientModel(HFGradientModel):
             slot = slice(example.slot.start - 1, example.slot.stop - 1)
             predicted = logprobs[answer].argmax(-1)
             correct = bool((predicted == ids[example.answer]).all())
-            scores.append(ExampleScore(correct=correct, answer_loss=float(nll[answer].mean()),
-                                       prompt_nll=float(nll[slot].mean())))
+            scores.append(
+                ExampleScore(
+                    correct=correct,
+                    answer_loss=float(nll[answer].mean()),
+                    prompt_nll=float(nll[slot].mean()),
+                )
+            )
             if not math.isfinite(scores[-1].answer_loss):
                 raise FloatingPointError("an answer loss is not finite")
         return scores

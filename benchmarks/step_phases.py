@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-
 VARIANTS = {
     # name: (reasoner, gradient model, dtype)
     "reference": ("hf-unbatched", "full-vocabulary", "float32"),
@@ -64,9 +63,9 @@ class PeakMemory:
 
 def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
     import torch
+    from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
 
     import dspy_greater
-    from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
     from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
     from dspy_greater.search import GreaterConfig, run_greater
 
@@ -91,9 +90,16 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
             reasoner = HFReasoner(path, dtype=dtype, batch_size=examples)
     config = GreaterConfig.cpu(steps=1, num_examples=examples, max_reasoning_tokens=tokens)
     started = time.perf_counter()
-    result = run_greater(data, initial_prompt=PAPER_PROMPT, config=config,
-                         renderer=ChatTemplateRenderer(model.tokenizer), reasoner=reasoner,
-                         gradient_model=model, progress=False, check_models=False)
+    result = run_greater(
+        data,
+        initial_prompt=PAPER_PROMPT,
+        config=config,
+        renderer=ChatTemplateRenderer(model.tokenizer),
+        reasoner=reasoner,
+        gradient_model=model,
+        progress=False,
+        check_models=False,
+    )
     total = time.perf_counter() - started
     [step] = result.history
     return {
@@ -112,9 +118,9 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
 def gradient_agreement(task: str, examples: int, tokens: int, positions: int = 6) -> list[dict]:
     """Gradients of the same candidates in bf16 and fp32 (same reasoning): cosine, top-3 overlap."""
     import torch
+    from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
 
     import dspy_greater
-    from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
     from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
     from dspy_greater.search import readable_tokens, shortlist_by_gradient
 
@@ -131,13 +137,22 @@ def gradient_agreement(task: str, examples: int, tokens: int, positions: int = 6
     for position in range(positions):
         ranked = fp32.ranked_next_tokens(rendered, position, allowed=allowed, limit=10)
         candidates = sorted({t for row in ranked for t in row} | {prompt[position]})
-        grads = [m.candidate_gradients(rendered, position, candidates, answer_temperature=0.2,
-                                       fluency_weight=0.2) for m in (fp32, bf16)]
+        grads = [
+            m.candidate_gradients(
+                rendered, position, candidates, answer_temperature=0.2, fluency_weight=0.2
+            )
+            for m in (fp32, bf16)
+        ]
         a, b = (torch.tensor(g) for g in grads)
         top = [set(shortlist_by_gradient(candidates, g, 3)) for g in grads]
-        rows.append({"position": position, "candidates": len(candidates),
-                     "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
-                     "top3_shared": len(top[0] & top[1])})
+        rows.append(
+            {
+                "position": position,
+                "candidates": len(candidates),
+                "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+                "top3_shared": len(top[0] & top[1]),
+            }
+        )
     return rows
 
 
@@ -146,35 +161,66 @@ def main() -> None:
     parser.add_argument("--task", default="sports_understanding")
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--variants", default="reference,hf-float32,vllm-float32,vllm-bfloat16",
-                        help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants",
+        default="reference,hf-float32,vllm-float32,vllm-bfloat16",
+        help=f"comma-separated, of {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
-    parser.add_argument("--skip-agreement", action="store_true",
-                        help="skip the bf16-vs-fp32 gradient comparison")
+    parser.add_argument(
+        "--skip-agreement", action="store_true", help="skip the bf16-vs-fp32 gradient comparison"
+    )
     args = parser.parse_args()
     if args.child:
         print("RESULT", json.dumps(one_step(args.task, args.examples, args.tokens, args.child)))
         return
     rows = []
     for variant in args.variants.split(","):
-        out = subprocess.run([sys.executable, __file__, "--child", variant, "--task", args.task,
-                              "--examples", str(args.examples), "--tokens", str(args.tokens)],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--task",
+                args.task,
+                "--examples",
+                str(args.examples),
+                "--tokens",
+                str(args.tokens),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         # The engines may log to stdout too: take the marked line.
-        rows.append(json.loads(next(line[len("RESULT "):] for line in out.splitlines()
-                                    if line.startswith("RESULT "))))
-    print(f"One GReaTer step: {args.examples} examples of {args.task}, {args.tokens} reasoning "
-          "tokens, shortlist 3, SmolLM2-135M, CPU\n")
+        rows.append(
+            json.loads(
+                next(
+                    line[len("RESULT ") :]
+                    for line in out.splitlines()
+                    if line.startswith("RESULT ")
+                )
+            )
+        )
+    print(
+        f"One GReaTer step: {args.examples} examples of {args.task}, {args.tokens} reasoning "
+        "tokens, shortlist 3, SmolLM2-135M, CPU\n"
+    )
     reference = next((r["total"] for r in rows if r["variant"] == "reference"), None)
-    print("| variant | reason (1 prompt) | propose | gradient | select (3 prompts) | "
-          "step total | vs reference | candidates | chosen | peak memory |")
+    print(
+        "| variant | reason (1 prompt) | propose | gradient | select (3 prompts) | "
+        "step total | vs reference | candidates | chosen | peak memory |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         ratio = f"{reference / r['total']:.1f}× faster" if reference else ""
-        print(f"| {r['variant']} | {r['reason']:.1f} s | {r['propose']:.1f} s | "
-              f"{r['gradient']:.1f} s | {r['select']:.1f} s | {r['total']:.1f} s | {ratio} | "
-              f"{r['candidates']} | {r['chosen']!r} | {r['peak_gib']:.2f} GiB |")
+        print(
+            f"| {r['variant']} | {r['reason']:.1f} s | {r['propose']:.1f} s | "
+            f"{r['gradient']:.1f} s | {r['select']:.1f} s | {r['total']:.1f} s | {ratio} | "
+            f"{r['candidates']} | {r['chosen']!r} | {r['peak_gib']:.2f} GiB |"
+        )
     for r in rows:
         phases = {k: r[k] for k in ("reason", "propose", "gradient", "select")}
         print(f"\n{r['variant']}: slowest phase is {max(phases, key=phases.get)}")

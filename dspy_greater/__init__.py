@@ -50,10 +50,10 @@ if TYPE_CHECKING:
         standard_error,
     )
     from .errors import GreaterError
-    from .loaders import Task, folio_metric, gsm8k_metric, load_folio, load_gsm8k, load_task
     from .extract import AdapterRenderer, ForcedExtractionAdapter
-    from .teleprompter import GReaTer
+    from .loaders import Task, folio_metric, gsm8k_metric, load_folio, load_gsm8k, load_task
     from .models import cache_dir, default_model
+    from .teleprompter import GReaTer
 
 
 def __getattr__(name: str) -> Any:

@@ -66,10 +66,13 @@ class ChatTemplateRenderer:
 
     def __post_init__(self) -> None:
         if self.placement not in ("after_question", "before_question"):
-            raise ValueError(f"placement must be 'after_question' or 'before_question', "
-                             f"got {self.placement!r}.")
+            raise ValueError(
+                f"placement must be 'after_question' or 'before_question', got {self.placement!r}."
+            )
         if not self.extractor.strip():
-            raise ValueError("The extractor text is empty; use e.g. 'Therefore, the final answer is'.")
+            raise ValueError(
+                "The extractor text is empty; use e.g. 'Therefore, the final answer is'."
+            )
         if self.extractor != self.extractor.rstrip():
             # BPE puts a space inside the next token: a forced trailing space derails the answer.
             raise ValueError(f"The extractor {self.extractor!r} ends with whitespace; remove it.")
@@ -95,12 +98,14 @@ class ChatTemplateRenderer:
         if not prompt:
             raise SlotError("The prompt is empty; start from a non-empty prompt.")
         rendered = self.tokenizer.apply_chat_template(
-            self.conversation(SENTINEL, example), tokenize=False, add_generation_prompt=True)
+            self.conversation(SENTINEL, example), tokenize=False, add_generation_prompt=True
+        )
         if rendered.count(SENTINEL) != 1:
             raise SlotError("The chat template did not render the prompt slot exactly once.")
         start = rendered.index(SENTINEL)
-        return token_span(self.tokenizer, rendered.replace(SENTINEL, prompt), start,
-                          start + len(prompt))
+        return token_span(
+            self.tokenizer, rendered.replace(SENTINEL, prompt), start, start + len(prompt)
+        )
 
     def encode_prompt(self, prompt: str, example: Any) -> tuple[int, ...]:
         """The token ids ``prompt`` has in ``example``'s rendered context."""
@@ -139,5 +144,10 @@ class ChatTemplateRenderer:
         e0 = r0 + len(reasoning_ids)
         a0 = e0 + len(self._extractor_ids)
         ids = context + tuple(reasoning_ids) + self._extractor_ids + answer
-        return RenderedExample(ids=ids, slot=slot, reasoning=slice(r0, e0),
-                               extractor=slice(e0, a0), answer=slice(a0, a0 + len(answer)))
+        return RenderedExample(
+            ids=ids,
+            slot=slot,
+            reasoning=slice(r0, e0),
+            extractor=slice(e0, a0),
+            answer=slice(a0, a0 + len(answer)),
+        )

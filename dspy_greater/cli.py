@@ -30,8 +30,9 @@ from .rundir import write_json_atomically
 OPTIMIZERS = ("greater", "copro", "miprov2", "gepa", "none")
 RESUMABLE = ("greater", "gepa")  # the others start again on --resume
 SETTINGS = "cli.json"  # what `optimize` was asked to do: a resumed run must ask the same
-PAPER_PROMPT = ("Use proper logical reasoning and think step by step. Finally give the actual "
-                "correct answer.")
+PAPER_PROMPT = (
+    "Use proper logical reasoning and think step by step. Finally give the actual correct answer."
+)
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 DEFAULT_MAX_TOKENS = 128
 
@@ -56,76 +57,139 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dspy-greater",
         description="Optimize a task's prompt with GReaTer (or COPRO, MIPROv2, GEPA) on a local "
-                    "model, and evaluate saved programs, on this or another model.",
+        "model, and evaluate saved programs, on this or another model.",
         epilog="Exit codes: 0 done, 1 error (message says how to fix it), 2 bad command line, "
-               "130 interrupted, 143 terminated (resume with --resume).",
-        formatter_class=_Formatter)
+        "130 interrupted, 143 terminated (resume with --resume).",
+        formatter_class=_Formatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     optimize = commands.add_parser(
-        "optimize", formatter_class=_Formatter,
+        "optimize",
+        formatter_class=_Formatter,
         help="optimize the instructions of a task's ChainOfThought program",
         description="Optimize the instructions of a ChainOfThought program for a task and write "
-                    "the compiled program (program.json), the run's settings (cli.json), its "
-                    "result (result.json) and the optimizer's history into --run-dir.")
+        "the compiled program (program.json), the run's settings (cli.json), its "
+        "result (result.json) and the optimizer's history into --run-dir.",
+    )
     _data_options(optimize)
-    optimize.add_argument("--optimizer", choices=OPTIMIZERS, default="greater",
-                          help="greater: GReaTer; copro, miprov2 (instructions only, no demos) "
-                               "and gepa use the same model as proposer; none: the start")
-    optimize.add_argument("--run-dir", required=True, type=Path,
-                          help="folder for the program and the history (refused if it holds "
-                               "another run, unless --resume)")
-    optimize.add_argument("--resume", action="store_true",
-                          help="continue the run in --run-dir (same settings required)")
-    optimize.add_argument("--instructions", default=PAPER_PROMPT,
-                          help="starting instructions (default: the paper's starting prompt)")
-    optimize.add_argument("--budget", choices=("light", "medium", "heavy"), default="light",
-                          help="GReaTer's budget (auto=)")
-    optimize.add_argument("--steps", type=_positive, default=None,
-                          help="GReaTer steps (default: the budget's)")
-    optimize.add_argument("--candidates", type=_positive, default=6,
-                          help="COPRO breadth / MIPROv2 instruction candidates")
+    optimize.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="greater",
+        help="greater: GReaTer; copro, miprov2 (instructions only, no demos) "
+        "and gepa use the same model as proposer; none: the start",
+    )
+    optimize.add_argument(
+        "--run-dir",
+        required=True,
+        type=Path,
+        help="folder for the program and the history (refused if it holds "
+        "another run, unless --resume)",
+    )
+    optimize.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir (same settings required)",
+    )
+    optimize.add_argument(
+        "--instructions",
+        default=PAPER_PROMPT,
+        help="starting instructions (default: the paper's starting prompt)",
+    )
+    optimize.add_argument(
+        "--budget",
+        choices=("light", "medium", "heavy"),
+        default="light",
+        help="GReaTer's budget (auto=)",
+    )
+    optimize.add_argument(
+        "--steps", type=_positive, default=None, help="GReaTer steps (default: the budget's)"
+    )
+    optimize.add_argument(
+        "--candidates",
+        type=_positive,
+        default=6,
+        help="COPRO breadth / MIPROv2 instruction candidates",
+    )
     optimize.add_argument("--depth", type=_positive, default=2, help="COPRO depth")
     optimize.add_argument("--trials", type=_positive, default=8, help="MIPROv2 trials")
-    optimize.add_argument("--metric-calls", type=_positive, default=150,
-                          help="GEPA's budget of metric calls")
+    optimize.add_argument(
+        "--metric-calls", type=_positive, default=150, help="GEPA's budget of metric calls"
+    )
     optimize.set_defaults(run=_optimize)
 
     evaluate = commands.add_parser(
-        "evaluate", formatter_class=_Formatter,
+        "evaluate",
+        formatter_class=_Formatter,
         help="score a saved program on a split (any model: transfer)",
         description="Load a program saved by `optimize` and print its accuracy on a split, with "
-                    "its standard error and the split's majority-class rate; also written as "
-                    "JSON. Data and split settings default to those in the run's cli.json.")
-    evaluate.add_argument("--program", required=True, type=Path,
-                          help="program.json written by optimize (or its run folder)")
+        "its standard error and the split's majority-class rate; also written as "
+        "JSON. Data and split settings default to those in the run's cli.json.",
+    )
+    evaluate.add_argument(
+        "--program",
+        required=True,
+        type=Path,
+        help="program.json written by optimize (or its run folder)",
+    )
     _data_options(evaluate, required=False)
-    evaluate.add_argument("--split", choices=("train", "dev", "test"), default="test",
-                          help="which split of the data to score")
-    evaluate.add_argument("--out", type=Path, default=None,
-                          help="JSON result (default: evaluate-SPLIT-MODEL.json beside the program)")
+    evaluate.add_argument(
+        "--split",
+        choices=("train", "dev", "test"),
+        default="test",
+        help="which split of the data to score",
+    )
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON result (default: evaluate-SPLIT-MODEL.json beside the program)",
+    )
     evaluate.set_defaults(run=_evaluate)
     return parser
 
 
 def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--data", required=required, default=None,
-                        help="a shipped BBH task name, a BBH JSON file, a GSM8K or FOLIO folder, "
-                             "or a hub name (gsm8k, folio)")
-    parser.add_argument("--model", default=None,
-                        help="Hugging Face model folder (default: the embedded SmolLM2-135M)")
-    parser.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto",
-                        help="reasoner engine (auto: vLLM when installed)")
+    parser.add_argument(
+        "--data",
+        required=required,
+        default=None,
+        help="a shipped BBH task name, a BBH JSON file, a GSM8K or FOLIO folder, "
+        "or a hub name (gsm8k, folio)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="Hugging Face model folder (default: the embedded SmolLM2-135M)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "vllm", "hf"),
+        default="auto",
+        help="reasoner engine (auto: vLLM when installed)",
+    )
     parser.add_argument("--device", default="cpu", help="device of the gradient model (cpu, cuda)")
-    parser.add_argument("--train", type=_positive, default=None,
-                        help="training examples (default: the task's protocol)")
-    parser.add_argument("--dev", type=_positive, default=None,
-                        help="dev examples (default: the task's protocol)")
-    parser.add_argument("--test", type=_positive, default=None, help="keep the first N test examples")
+    parser.add_argument(
+        "--train",
+        type=_positive,
+        default=None,
+        help="training examples (default: the task's protocol)",
+    )
+    parser.add_argument(
+        "--dev", type=_positive, default=None, help="dev examples (default: the task's protocol)"
+    )
+    parser.add_argument(
+        "--test", type=_positive, default=None, help="keep the first N test examples"
+    )
     parser.add_argument("--seed", type=int, default=None, help="split and search seed (default 0)")
-    parser.add_argument("--max-tokens", type=_positive, default=None,
-                        help="reasoning tokens per call (default: 128; evaluate: the run's)")
+    parser.add_argument(
+        "--max-tokens",
+        type=_positive,
+        default=None,
+        help="reasoning tokens per call (default: 128; evaluate: the run's)",
+    )
     parser.add_argument("--threads", type=_positive, default=16, help="parallel program calls")
     parser.add_argument("--no-cache", action="store_true", help="do not use DSPy's LM cache")
 
@@ -145,16 +209,22 @@ def _writable_folder(folder: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise CliError(f"Cannot write to {folder} ({exc.strerror or exc}); choose a writable "
-                       "folder.") from exc
+        raise CliError(
+            f"Cannot write to {folder} ({exc.strerror or exc}); choose a writable folder."
+        ) from exc
 
 
 def _task(settings: dict[str, Any]) -> Any:
     from .loaders import load_task
 
     try:
-        return load_task(settings["data"], train=settings["train"], dev=settings["dev"],
-                         test=settings["test"], seed=settings["seed"])
+        return load_task(
+            settings["data"],
+            train=settings["train"],
+            dev=settings["dev"],
+            test=settings["test"],
+            seed=settings["seed"],
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from exc
 
@@ -163,17 +233,23 @@ def _lm(settings: dict[str, Any]) -> Any:
     """The task LM on the local model, with the forced-extraction adapter configured."""
     import dspy
 
-    from .extract import ForcedExtractionAdapter
     from .adapters.hf import resolve_device
     from .adapters.lm import local_lm
+    from .extract import ForcedExtractionAdapter
 
     resolve_device(settings["device"])
     model = settings["model"]
     if model is not None and not Path(model).is_dir():
-        raise CliError(f"--model {model}: no such folder. Give a Hugging Face model folder "
-                       "(config.json, weights, tokenizer), or leave it out for the embedded model.")
-    lm = local_lm(model, backend=settings["backend"], max_tokens=settings["max_tokens"],
-                  cache=not settings["no_cache"])
+        raise CliError(
+            f"--model {model}: no such folder. Give a Hugging Face model folder "
+            "(config.json, weights, tokenizer), or leave it out for the embedded model."
+        )
+    lm = local_lm(
+        model,
+        backend=settings["backend"],
+        max_tokens=settings["max_tokens"],
+        cache=not settings["no_cache"],
+    )
     dspy.configure(lm=lm, adapter=ForcedExtractionAdapter())
     return lm
 
@@ -200,8 +276,10 @@ class _Spending:
         self._thread = threading.Thread(target=self._keep, name="dspy-greater-spent", daemon=True)
 
     def totals(self) -> tuple[float, int]:
-        return (self.earlier_seconds + time.perf_counter() - self.started,
-                self.earlier_generations + _generations(self.lm) - self.generated)
+        return (
+            self.earlier_seconds + time.perf_counter() - self.started,
+            self.earlier_generations + _generations(self.lm) - self.generated,
+        )
 
     def save(self) -> None:
         seconds, generations = self.totals()
@@ -224,8 +302,13 @@ class _Spending:
 def _accuracy(program: Any, examples: list[Any], metric: Any, threads: int) -> float:
     import dspy
 
-    result = dspy.Evaluate(devset=examples, metric=metric, num_threads=threads,
-                           display_progress=True, max_errors=len(examples) + 1)(program)
+    result = dspy.Evaluate(
+        devset=examples,
+        metric=metric,
+        num_threads=threads,
+        display_progress=True,
+        max_errors=len(examples) + 1,
+    )(program)
     return result.score / 100
 
 
@@ -249,9 +332,24 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     data = args.data
     if Path(data).exists():
         data = str(Path(data).resolve())
-    keys = ("optimizer", "model", "backend", "device", "train", "dev", "test", "max_tokens",
-            "no_cache", "instructions", "budget", "steps", "candidates", "depth", "trials",
-            "metric_calls")
+    keys = (
+        "optimizer",
+        "model",
+        "backend",
+        "device",
+        "train",
+        "dev",
+        "test",
+        "max_tokens",
+        "no_cache",
+        "instructions",
+        "budget",
+        "steps",
+        "candidates",
+        "depth",
+        "trials",
+        "metric_calls",
+    )
     settings = {"data": data, "seed": 0 if args.seed is None else args.seed}
     settings.update({key: getattr(args, key) for key in keys})
     settings["max_tokens"] = settings["max_tokens"] or DEFAULT_MAX_TOKENS
@@ -262,22 +360,33 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _prepare_run_dir(folder: Path, settings: dict[str, Any], resume: bool) -> None:
     if folder.exists() and not folder.is_dir():
-        raise CliError(f"--run-dir {folder} is a file, not a folder; choose a folder (new or "
-                       "empty, or a run's folder with --resume).")
+        raise CliError(
+            f"--run-dir {folder} is a file, not a folder; choose a folder (new or "
+            "empty, or a run's folder with --resume)."
+        )
     stored = folder / SETTINGS
     if folder.exists() and any(folder.iterdir()):
         if not resume:
-            raise CliError(f"{folder} already holds a run. Pass --resume to continue it, or "
-                           "choose another --run-dir.")
+            raise CliError(
+                f"{folder} already holds a run. Pass --resume to continue it, or "
+                "choose another --run-dir."
+            )
         if not stored.exists():
-            raise CliError(f"{folder} is not a dspy-greater run folder (no {SETTINGS}); choose "
-                           "another --run-dir.")
+            raise CliError(
+                f"{folder} is not a dspy-greater run folder (no {SETTINGS}); choose "
+                "another --run-dir."
+            )
         before = json.loads(stored.read_text())
-        changed = [f"{key}: {before.get(key)!r} -> {settings.get(key)!r}"
-                   for key in sorted(set(before) | set(settings)) if before.get(key) != settings.get(key)]
+        changed = [
+            f"{key}: {before.get(key)!r} -> {settings.get(key)!r}"
+            for key in sorted(set(before) | set(settings))
+            if before.get(key) != settings.get(key)
+        ]
         if changed:
-            raise CliError(f"{folder} holds a run with other settings ({'; '.join(changed)}). "
-                           "Resume with the same options, or choose another --run-dir.")
+            raise CliError(
+                f"{folder} holds a run with other settings ({'; '.join(changed)}). "
+                "Resume with the same options, or choose another --run-dir."
+            )
     _writable_folder(folder)
     write_json_atomically(stored, settings)
 
@@ -298,8 +407,9 @@ def _optimize(args: argparse.Namespace) -> int:
     # GReaTer and GEPA continue where they stopped: count their earlier sessions' cost too.
     carried = args.resume and args.optimizer in RESUMABLE
     with _Spending(folder, lm, carried) as spending:
-        compiled, history = _run_optimizer(args.optimizer, program, task, lm, settings, folder,
-                                           args.resume, args.threads)
+        compiled, history = _run_optimizer(
+            args.optimizer, program, task, lm, settings, folder, args.resume, args.threads
+        )
         seconds, generations = spending.totals()
     compiled.save(str(folder / "program.json"))
     write_json_atomically(folder / "history.json", _jsonable(history))
@@ -307,20 +417,32 @@ def _optimize(args: argparse.Namespace) -> int:
     scores = {}
     if dev:
         start = _accuracy(program, dev, task.metric, args.threads)
-        scores = {"dev_start": start, "dev_result": start if args.optimizer == "none"
-                  else _accuracy(compiled, dev, task.metric, args.threads)}
-    result = {"task": task.name, "protocol": task.protocol, "optimizer": args.optimizer,
-              "instructions": {name: p.signature.instructions
-                               for name, p in compiled.named_predictors()},
-              "demos": sum(len(p.demos) for _, p in compiled.named_predictors()),
-              "seconds": seconds, "generations": generations, "dev_size": len(dev), **scores}
+        scores = {
+            "dev_start": start,
+            "dev_result": start
+            if args.optimizer == "none"
+            else _accuracy(compiled, dev, task.metric, args.threads),
+        }
+    result = {
+        "task": task.name,
+        "protocol": task.protocol,
+        "optimizer": args.optimizer,
+        "instructions": {name: p.signature.instructions for name, p in compiled.named_predictors()},
+        "demos": sum(len(p.demos) for _, p in compiled.named_predictors()),
+        "seconds": seconds,
+        "generations": generations,
+        "dev_size": len(dev),
+        **scores,
+    }
     write_json_atomically(folder / "result.json", result)
     print(f"{task.name} · {args.optimizer}: {seconds:.0f} s, {generations} generations")
     for name, text in result["instructions"].items():
         print(f"  {name}: {text!r}")
     if scores:
-        print(f"  dev ({len(dev)}): start {scores['dev_start']:.3f} -> result "
-              f"{scores['dev_result']:.3f}")
+        print(
+            f"  dev ({len(dev)}): start {scores['dev_start']:.3f} -> result "
+            f"{scores['dev_result']:.3f}"
+        )
     print(f"  wrote {folder / 'program.json'}")
     _note_truncation(lm, counts)
     return 0
@@ -332,8 +454,16 @@ def _note_truncation(lm: Any, since: tuple[int, int]) -> None:
         logger.info(note)
 
 
-def _run_optimizer(name: str, program: Any, task: Any, lm: Any, settings: dict[str, Any],
-                   folder: Path, resume: bool, threads: int) -> tuple[Any, Any]:
+def _run_optimizer(
+    name: str,
+    program: Any,
+    task: Any,
+    lm: Any,
+    settings: dict[str, Any],
+    folder: Path,
+    resume: bool,
+    threads: int,
+) -> tuple[Any, Any]:
     """The compiled program and a JSON-able history of how the optimizer got there."""
     import dspy
 
@@ -343,51 +473,91 @@ def _run_optimizer(name: str, program: Any, task: Any, lm: Any, settings: dict[s
     if name == "greater":
         from .teleprompter import GReaTer
 
-        optimizer = GReaTer(metric=task.metric, auto=settings["budget"], steps=settings["steps"],
-                            seed=seed, device=settings["device"], num_threads=threads)
+        optimizer = GReaTer(
+            metric=task.metric,
+            auto=settings["budget"],
+            steps=settings["steps"],
+            seed=seed,
+            device=settings["device"],
+            num_threads=threads,
+        )
         run_dir = folder / "greater"
-        compiled = optimizer.compile(program, trainset=train, valset=dev, run_dir=run_dir,
-                                     resume=resume and (run_dir / "run.json").exists())
+        compiled = optimizer.compile(
+            program,
+            trainset=train,
+            valset=dev,
+            run_dir=run_dir,
+            resume=resume and (run_dir / "run.json").exists(),
+        )
         return compiled, {"run_dir": str(run_dir), "note": "the full history is in run_dir"}
     if name == "copro":
-        optimizer = dspy.COPRO(prompt_model=lm, metric=task.metric,
-                               breadth=settings["candidates"], depth=settings["depth"],
-                               track_stats=True)
+        optimizer = dspy.COPRO(
+            prompt_model=lm,
+            metric=task.metric,
+            breadth=settings["candidates"],
+            depth=settings["depth"],
+            track_stats=True,
+        )
         # COPRO selects on its trainset: it gets train and dev, the data GReaTer sees in all.
-        compiled = optimizer.compile(program, trainset=train + (dev or []),
-                                     eval_kwargs={"num_threads": threads,
-                                                  "display_progress": False})
+        compiled = optimizer.compile(
+            program,
+            trainset=train + (dev or []),
+            eval_kwargs={"num_threads": threads, "display_progress": False},
+        )
         return compiled, {"candidates": getattr(compiled, "candidate_programs", [])}
     if name == "miprov2":
         try:
             import optuna  # noqa: F401  (MIPROv2 imports it only after its proposals)
         except ImportError as exc:
             raise CliError("MIPROv2 needs optuna: pip install 'dspy-greater[optimizers]'.") from exc
-        optimizer = dspy.MIPROv2(metric=task.metric, prompt_model=lm, task_model=lm,
-                                 max_bootstrapped_demos=0, max_labeled_demos=0, auto=None,
-                                 num_candidates=settings["candidates"], num_threads=threads,
-                                 seed=seed, verbose=False)
-        compiled = optimizer.compile(program, trainset=train, valset=dev,
-                                     num_trials=settings["trials"],
-                                     minibatch=bool(dev) and len(dev) > 35,
-                                     requires_permission_to_run=False)
+        optimizer = dspy.MIPROv2(
+            metric=task.metric,
+            prompt_model=lm,
+            task_model=lm,
+            max_bootstrapped_demos=0,
+            max_labeled_demos=0,
+            auto=None,
+            num_candidates=settings["candidates"],
+            num_threads=threads,
+            seed=seed,
+            verbose=False,
+        )
+        compiled = optimizer.compile(
+            program,
+            trainset=train,
+            valset=dev,
+            num_trials=settings["trials"],
+            minibatch=bool(dev) and len(dev) > 35,
+            requires_permission_to_run=False,
+        )
         return compiled, {"trials": getattr(compiled, "trial_logs", {})}
     if name == "gepa":
         metric = task.metric
 
-        def feedback(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None,
-                     pred_trace: Any = None) -> Any:
+        def feedback(
+            gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
+        ) -> Any:
             right = bool(metric(gold, pred))
-            return dspy.Prediction(score=float(right), feedback="Correct." if right else (
-                f"Wrong: the answer is {gold.answer}."))
+            return dspy.Prediction(
+                score=float(right),
+                feedback="Correct." if right else (f"Wrong: the answer is {gold.answer}."),
+            )
 
-        optimizer = dspy.GEPA(metric=feedback, max_metric_calls=settings["metric_calls"],
-                              reflection_lm=lm, num_threads=threads, seed=seed,
-                              log_dir=str(folder / "gepa"), track_stats=True)
+        optimizer = dspy.GEPA(
+            metric=feedback,
+            max_metric_calls=settings["metric_calls"],
+            reflection_lm=lm,
+            num_threads=threads,
+            seed=seed,
+            log_dir=str(folder / "gepa"),
+            track_stats=True,
+        )
         compiled = optimizer.compile(program, trainset=train, valset=dev)
         results = getattr(compiled, "detailed_results", None)
-        return compiled, {"candidates": getattr(results, "candidates", []),
-                          "scores": getattr(results, "val_aggregate_scores", [])}
+        return compiled, {
+            "candidates": getattr(results, "candidates", []),
+            "scores": getattr(results, "val_aggregate_scores", []),
+        }
     raise CliError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
 
 
@@ -397,19 +567,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     if path.is_dir():
         path = path / "program.json"
     if not path.is_file():
-        raise CliError(f"No program at {path}: give the program.json that `dspy-greater optimize` "
-                       "wrote (or its run folder).")
+        raise CliError(
+            f"No program at {path}: give the program.json that `dspy-greater optimize` "
+            "wrote (or its run folder)."
+        )
     stored_path = path.parent / SETTINGS
     stored = json.loads(stored_path.read_text()) if stored_path.exists() else {}
-    settings = {"data": args.data or stored.get("data"),
-                "seed": args.seed if args.seed is not None else stored.get("seed", 0)}
+    settings = {
+        "data": args.data or stored.get("data"),
+        "seed": args.seed if args.seed is not None else stored.get("seed", 0),
+    }
     for key in ("train", "dev", "test"):
         settings[key] = getattr(args, key) or stored.get(key)
     if settings["data"] is None:
         raise CliError(f"Which data? {path.parent} has no {SETTINGS}; pass --data.")
-    settings.update(model=args.model, backend=args.backend, device=args.device,
-                    max_tokens=args.max_tokens or stored.get("max_tokens", DEFAULT_MAX_TOKENS),
-                    no_cache=args.no_cache)
+    settings.update(
+        model=args.model,
+        backend=args.backend,
+        device=args.device,
+        max_tokens=args.max_tokens or stored.get("max_tokens", DEFAULT_MAX_TOKENS),
+        no_cache=args.no_cache,
+    )
     model_name = Path(args.model).name if args.model else "embedded"
     out = args.out or path.parent / f"evaluate-{args.split}-{model_name}.json"
     if out.is_dir():
@@ -425,16 +603,25 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     started, counts = time.perf_counter(), generation_counts(lm.engine.reasoner)
     accuracy = _accuracy(program, examples, task.metric, args.threads)
-    result = {"program": str(path), "task": task.name, "protocol": task.protocol,
-              "split": args.split, "n": len(examples), "model": args.model or "embedded",
-              "accuracy": accuracy, "standard_error": standard_error(accuracy, len(examples)),
-              "majority": majority_class_rate(examples),
-              "seconds": time.perf_counter() - started,
-              "generations": _generations(lm) - counts[0],
-              "instructions": {n: p.signature.instructions for n, p in program.named_predictors()}}
+    result = {
+        "program": str(path),
+        "task": task.name,
+        "protocol": task.protocol,
+        "split": args.split,
+        "n": len(examples),
+        "model": args.model or "embedded",
+        "accuracy": accuracy,
+        "standard_error": standard_error(accuracy, len(examples)),
+        "majority": majority_class_rate(examples),
+        "seconds": time.perf_counter() - started,
+        "generations": _generations(lm) - counts[0],
+        "instructions": {n: p.signature.instructions for n, p in program.named_predictors()},
+    }
     write_json_atomically(out, result)
-    print(f"{task.name} {args.split} (n={len(examples)}): accuracy {accuracy:.3f} ± "
-          f"{result['standard_error']:.3f} (majority class {result['majority']:.3f}); wrote {out}")
+    print(
+        f"{task.name} {args.split} (n={len(examples)}): accuracy {accuracy:.3f} ± "
+        f"{result['standard_error']:.3f} (majority class {result['majority']:.3f}); wrote {out}"
+    )
     _note_truncation(lm, counts)
     return 0
 
@@ -445,20 +632,26 @@ def _load_program(path: Path, task: Any) -> Any:
     try:
         saved = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CliError(f"{path} is not a program saved by `dspy-greater optimize` (not JSON: "
-                       f"{exc}). Give the program.json of a run folder.") from exc
+        raise CliError(
+            f"{path} is not a program saved by `dspy-greater optimize` (not JSON: "
+            f"{exc}). Give the program.json of a run folder."
+        ) from exc
     program = task.program()
     names = [name for name, _ in program.named_predictors()]
     if not isinstance(saved, dict) or not all(isinstance(saved.get(n), dict) for n in names):
         shape = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
-        raise CliError(f"{path} is not a program saved by `dspy-greater optimize`: it should "
-                       f"hold the predictor(s) {names}, and holds {shape}. Give the "
-                       "program.json of a run folder.")
+        raise CliError(
+            f"{path} is not a program saved by `dspy-greater optimize`: it should "
+            f"hold the predictor(s) {names}, and holds {shape}. Give the "
+            "program.json of a run folder."
+        )
     try:
         program.load(str(path))
     except Exception as exc:  # DSPy raises several kinds for a program of another shape
-        raise CliError(f"{path} does not fit a ChainOfThought for {task.name} ({exc}). Evaluate "
-                       "it with the --data it was optimized on.") from exc
+        raise CliError(
+            f"{path} does not fit a ChainOfThought for {task.name} ({exc}). Evaluate "
+            "it with the --data it was optimized on."
+        ) from exc
     return program
 
 

@@ -26,7 +26,9 @@ ANSWER_FIELD = "answer"
 def shipped_bbh_tasks() -> list[str]:
     """Names of the BBH tasks that ship inside the package (MIT licence beside them)."""
     folder = resources.files("dspy_greater") / "tasks" / "bbh"
-    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+    return sorted(
+        p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")
+    )
 
 
 def load_bbh(task: str | Path) -> list[dspy.Example]:
@@ -137,8 +139,11 @@ def closed_labels(examples: Sequence[dspy.Example], max_labels: int = 20) -> tup
     return labels if 0 < len(labels) <= max_labels else None
 
 
-def bbh_program(examples: Sequence[dspy.Example], instructions: str = "Answer the question.",
-                max_labels: int = 20) -> dspy.ChainOfThought:
+def bbh_program(
+    examples: Sequence[dspy.Example],
+    instructions: str = "Answer the question.",
+    max_labels: int = 20,
+) -> dspy.ChainOfThought:
     """A ``ChainOfThought`` ``question -> answer`` for a BBH task. Where the task's answers form a
     closed set of at most ``max_labels`` labels the answer is typed ``Literal[labels]``, so
     :class:`~dspy_greater.ForcedExtractionAdapter` can constrain decoding to them (the setting
@@ -147,7 +152,8 @@ def bbh_program(examples: Sequence[dspy.Example], instructions: str = "Answer th
     answer_type: Any = Literal[labels] if labels else str
     signature = dspy.Signature(
         {INPUT_FIELD: (str, dspy.InputField()), ANSWER_FIELD: (answer_type, dspy.OutputField())},
-        instructions)
+        instructions,
+    )
     return dspy.ChainOfThought(signature)
 
 

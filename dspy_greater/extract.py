@@ -84,8 +84,11 @@ def map_to_choice(text: str, choices: Sequence[Any]) -> Any:
     mentioned = {id(c): c for s, c in spelled if re.search(rf"(?<!\w){re.escape(s)}(?!\w)", said)}
     if len(mentioned) == 1:
         return next(iter(mentioned.values()))
-    raise ValueError(f"{text!r} names none of {list(choices)!r}" if not mentioned
-                     else f"{text!r} names several of {list(choices)!r}")
+    raise ValueError(
+        f"{text!r} names none of {list(choices)!r}"
+        if not mentioned
+        else f"{text!r} names several of {list(choices)!r}"
+    )
 
 
 def parse_field(text: str, annotation: Any, *, constrained: bool = False) -> Any:
@@ -164,11 +167,15 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
         callbacks: list[Any] | None = None,
     ) -> None:
         super().__init__(callbacks=callbacks, use_json_adapter_fallback=False)
-        for name, value, allowed in (("instructions", instructions, Placement),
-                                     ("closed_sets", closed_sets, ClosedSets),
-                                     ("on_unparsable", on_unparsable, OnUnparsable)):
+        for name, value, allowed in (
+            ("instructions", instructions, Placement),
+            ("closed_sets", closed_sets, ClosedSets),
+            ("on_unparsable", on_unparsable, OnUnparsable),
+        ):
             if value not in typing.get_args(allowed):
-                raise ValueError(f"{name} must be one of {typing.get_args(allowed)}, got {value!r}.")
+                raise ValueError(
+                    f"{name} must be one of {typing.get_args(allowed)}, got {value!r}."
+                )
         self.instructions = instructions
         self.closed_sets = closed_sets
         self.on_unparsable = on_unparsable
@@ -179,36 +186,52 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
     def format_system_message(self, signature: type[dspy.Signature]) -> str:
         if self.instructions == "system":
             return super().format_system_message(signature)
-        return (f"{self.format_field_description(signature)}\n"
-                f"{self.format_field_structure(signature)}")
+        return (
+            f"{self.format_field_description(signature)}\n{self.format_field_structure(signature)}"
+        )
 
-    def format_user_message_content(self, signature: type[dspy.Signature], inputs: dict[str, Any],
-                                    prefix: str = "", suffix: str = "",
-                                    main_request: bool = False) -> str:
-        content = super().format_user_message_content(signature, inputs, prefix, suffix,
-                                                      main_request)
+    def format_user_message_content(
+        self,
+        signature: type[dspy.Signature],
+        inputs: dict[str, Any],
+        prefix: str = "",
+        suffix: str = "",
+        main_request: bool = False,
+    ) -> str:
+        content = super().format_user_message_content(
+            signature, inputs, prefix, suffix, main_request
+        )
         if main_request and self.instructions == "after_inputs" and signature.instructions:
             content = f"{content}\n\n{signature.instructions}"
         return content
 
-    def assistant_prefix(self, signature: type[dspy.Signature], values: dict[str, str],
-                         field: str | None) -> str:
+    def assistant_prefix(
+        self, signature: type[dspy.Signature], values: dict[str, str], field: str | None
+    ) -> str:
         """The assistant message so far: the written ``values`` (in field order), then the
         header of ``field`` and the newline after it, where the model continues."""
-        parts = [f"{header(name)}\n{values[name]}" for name in signature.output_fields
-                 if name in values]
+        parts = [
+            f"{header(name)}\n{values[name]}" for name in signature.output_fields if name in values
+        ]
         if field is not None:
             parts.append(f"{header(field)}\n")
         return "\n\n".join(parts)
 
-    def continuation(self, signature: type[dspy.Signature], demos: list[dict[str, Any]],
-                     inputs: dict[str, Any], values: dict[str, str], field: str | None
-                     ) -> Conversation:
+    def continuation(
+        self,
+        signature: type[dspy.Signature],
+        demos: list[dict[str, Any]],
+        inputs: dict[str, Any],
+        values: dict[str, str],
+        field: str | None,
+    ) -> Conversation:
         """ChatAdapter's messages plus the partly written assistant message: what the LM
         continues to write ``field`` (and what the gradient pass renders)."""
         messages = self.format(signature, demos, inputs)
-        return [*messages, {"role": "assistant",
-                            "content": self.assistant_prefix(signature, values, field)}]
+        return [
+            *messages,
+            {"role": "assistant", "content": self.assistant_prefix(signature, values, field)},
+        ]
 
     # -- calling the LM ---------------------------------------------------------------------
     def constrains(self, lm: Any) -> bool:
@@ -225,19 +248,24 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
             raise GreaterError(
                 f"{type(_local_engine(lm).reasoner).__name__} cannot constrain decoding to a "
                 "closed set; use the vLLM backend (pip install dspy-greater[cpu] or [vllm]) or "
-                "closed_sets='map'.")
+                "closed_sets='map'."
+            )
         tokenizer = _local_tokenizer(lm)
         if tokenizer is None or id(tokenizer) in self._checked_templates:
             return
         forced = f"{header('answer')}\n"
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": forced}],
-            tokenize=False, add_generation_prompt=False, continue_final_message=True)
+            tokenize=False,
+            add_generation_prompt=False,
+            continue_final_message=True,
+        )
         if not rendered.endswith(forced):
             raise GreaterError(
                 f"The chat template of {lm.model} drops the end of a continued assistant message "
                 f"(it renders {rendered[-40:]!r}, not ending in {forced!r}), so forced headers "
-                "would lose their newline. Use a model whose template keeps it.")
+                "would lose their newline. Use a model whose template keeps it."
+            )
         self._checked_templates.add(id(tokenizer))
 
     def single_line(self, signature: type[dspy.Signature], name: str) -> bool:
@@ -245,17 +273,24 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
         annotation = signature.output_fields[name].annotation
         return annotation is not str or name == list(signature.output_fields)[-1]
 
-    def _steps(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
-               demos: list[dict[str, Any]], inputs: dict[str, Any],
-               written: dict[str, str] | None = None,
-               ) -> Generator[_Call, Any, list[dict[str, Any]]]:
+    def _steps(
+        self,
+        lm: Any,
+        lm_kwargs: dict[str, Any],
+        signature: type[dspy.Signature],
+        demos: list[dict[str, Any]],
+        inputs: dict[str, Any],
+        written: dict[str, str] | None = None,
+    ) -> Generator[_Call, Any, list[dict[str, Any]]]:
         """The calls for one prediction, as a generator (shared by ``__call__`` and ``acall``):
         it yields each LM call and receives the LM's outputs. Fields in ``written`` (the first
         output fields, as text) are taken as given instead of generated."""
         signature = self._call_preprocess(lm, lm_kwargs, signature, inputs)
         if not signature.output_fields:
-            raise ValueError(f"The signature {signature.signature!r} has no output fields; "
-                             "add one, e.g. 'question -> answer'.")
+            raise ValueError(
+                f"The signature {signature.signature!r} has no output fields; "
+                "add one, e.g. 'question -> answer'."
+            )
         self.check_lm(lm)
         budget = lm_kwargs.get("max_tokens") or lm.kwargs.get("max_tokens")
         values: dict[str, str] = {}
@@ -268,16 +303,26 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
             single = self.single_line(signature, name)
             choices = closed_choices(info.annotation)
             constrain = choices is not None and self.constrains(lm)
-            options = {**lm_kwargs, **_continue_options(lm),
-                       "stop": [STOP] + (["\n"] if single else []) + list(lm_kwargs.get("stop") or [])}
+            options = {
+                **lm_kwargs,
+                **_continue_options(lm),
+                "stop": [STOP] + (["\n"] if single else []) + list(lm_kwargs.get("stop") or []),
+            }
             if single and budget:
                 options["max_tokens"] = min(budget, self.max_value_tokens)
             elif single:
                 options["max_tokens"] = self.max_value_tokens
             if constrain:
-                options["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": name, "schema": {"enum": [_json_value(c) for c in choices]}}}
-            outputs = yield _Call(self.continuation(signature, demos, inputs, values, name), options)
+                options["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": name,
+                        "schema": {"enum": [_json_value(c) for c in choices]},
+                    },
+                }
+            outputs = yield _Call(
+                self.continuation(signature, demos, inputs, values, name), options
+            )
             text = _output_text(outputs[0])
             text = text.split(STOP, 1)[0]
             if single:
@@ -288,34 +333,60 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
             except (ValueError, TypeError) as exc:
                 if self.on_unparsable == "raise":
                     raise AdapterParseError(
-                        adapter_name=type(self).__name__, signature=signature,
+                        adapter_name=type(self).__name__,
+                        signature=signature,
                         lm_response=self.assistant_prefix(signature, values, None),
                         parsed_result=parsed,
                         message=f"The value of {name!r}, {values[name]!r}, is not a "
-                                f"{_type_name(info.annotation)}: {exc}") from exc
+                        f"{_type_name(info.annotation)}: {exc}",
+                    ) from exc
                 logger.debug("Unparsable %s=%r: %s", name, values[name], exc)
                 parsed[name] = None
         return [parsed]
 
-    def __call__(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
-                 demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        return [values for options in _samples(lm, lm_kwargs)
-                for values in _drive(self._steps(lm, options, signature, demos, inputs), lm)]
+    def __call__(
+        self,
+        lm: Any,
+        lm_kwargs: dict[str, Any],
+        signature: type[dspy.Signature],
+        demos: list[dict[str, Any]],
+        inputs: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        return [
+            values
+            for options in _samples(lm, lm_kwargs)
+            for values in _drive(self._steps(lm, options, signature, demos, inputs), lm)
+        ]
 
-    def complete(self, lm: Any, signature: type[dspy.Signature], demos: list[dict[str, Any]],
-                 inputs: dict[str, Any], written: dict[str, str],
-                 lm_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    def complete(
+        self,
+        lm: Any,
+        signature: type[dspy.Signature],
+        demos: list[dict[str, Any]],
+        inputs: dict[str, Any],
+        written: dict[str, str],
+        lm_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """The prediction whose first output fields are ``written`` (e.g. a reasoning chain
         generated elsewhere): the adapter generates and parses only the remaining fields."""
-        [values] = _drive(self._steps(lm, dict(lm_kwargs or {}), signature, demos, inputs,
-                                      written), lm)
+        [values] = _drive(
+            self._steps(lm, dict(lm_kwargs or {}), signature, demos, inputs, written), lm
+        )
         return values
 
-    async def acall(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
-                    demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        return [values for options in _samples(lm, lm_kwargs)
-                for values in await _adrive(self._steps(lm, options, signature, demos, inputs),
-                                            lm)]
+    async def acall(
+        self,
+        lm: Any,
+        lm_kwargs: dict[str, Any],
+        signature: type[dspy.Signature],
+        demos: list[dict[str, Any]],
+        inputs: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        return [
+            values
+            for options in _samples(lm, lm_kwargs)
+            for values in await _adrive(self._steps(lm, options, signature, demos, inputs), lm)
+        ]
 
 
 def _samples(lm: Any, lm_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -330,8 +401,13 @@ def _samples(lm: Any, lm_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     for index in range(n):
         options = {**lm_kwargs, "n": 1}
         if index:
-            options["rollout_id"] = (base + index if isinstance(base, int) else
-                                     f"{base}-{index}" if base is not None else index)
+            options["rollout_id"] = (
+                base + index
+                if isinstance(base, int)
+                else f"{base}-{index}"
+                if base is not None
+                else index
+            )
         passes.append(options)
     return passes
 
@@ -375,7 +451,8 @@ def _cannot_continue(lm: Any, exc: Exception) -> Exception:
         return CannotContinue(
             f"{getattr(lm, 'model', lm)!r} cannot continue an assistant message ({exc}). "
             "ForcedExtractionAdapter needs an LM that can: dspy_greater.adapters.lm.local_lm(), "
-            "or dspy.LM('hosted_vllm/NAME', api_base=...) on `vllm serve`.")
+            "or dspy.LM('hosted_vllm/NAME', api_base=...) on `vllm serve`."
+        )
     return exc
 
 
@@ -456,7 +533,8 @@ class AdapterRenderer:
         if len(names) != 2:
             raise SlotError(
                 f"GReaTer reasons in one field and answers in another; {self.signature.signature!r} "
-                f"has output fields {names}. Wrap the predictor in dspy.ChainOfThought.")
+                f"has output fields {names}. Wrap the predictor in dspy.ChainOfThought."
+            )
         self.reasoning_field, self.answer_field = names
 
     def _inputs(self, example: Any) -> dict[str, Any]:
@@ -465,11 +543,13 @@ class AdapterRenderer:
             raise KeyError(f"The example lacks the input field(s) {missing}: {example}")
         return {k: example[k] for k in self.signature.input_fields}
 
-    def _messages(self, prompt: str, example: Any, values: dict[str, str], field: str
-                  ) -> Conversation:
+    def _messages(
+        self, prompt: str, example: Any, values: dict[str, str], field: str
+    ) -> Conversation:
         signature = self.signature.with_instructions(prompt)
-        return self.adapter.continuation(signature, list(self.demos), self._inputs(example),
-                                         values, field)
+        return self.adapter.continuation(
+            signature, list(self.demos), self._inputs(example), values, field
+        )
 
     def messages(self, prompt_ids: Sequence[int], example: Any) -> Conversation:
         return self._messages(self.decode_prompt(prompt_ids), example, {}, self.reasoning_field)
@@ -478,21 +558,27 @@ class AdapterRenderer:
         # Instructions are rendered stripped; a leading space is the indentation's (below).
         return self.tokenizer.decode(list(prompt_ids)).strip()
 
-    def _context(self, prompt: str, example: Any, values: dict[str, str], field: str
-                 ) -> tuple[str, tuple[int, ...], slice]:
+    def _context(
+        self, prompt: str, example: Any, values: dict[str, str], field: str
+    ) -> tuple[str, tuple[int, ...], slice]:
         if not prompt.strip():
             raise SlotError("The instructions are empty; start from a non-empty prompt.")
         marked = self.tokenizer.apply_chat_template(
-            self._messages(_OPEN + prompt + _CLOSE, example, values, field), tokenize=False,
-            add_generation_prompt=False, continue_final_message=True)
+            self._messages(_OPEN + prompt + _CLOSE, example, values, field),
+            tokenize=False,
+            add_generation_prompt=False,
+            continue_final_message=True,
+        )
         if marked.count(_OPEN) != 1 or marked.count(_CLOSE) != 1:
             raise SlotError("The adapter did not render the instructions exactly once.")
         start = marked.index(_OPEN)
         text = marked.replace(_OPEN, "").replace(_CLOSE, "")
         end = marked.index(_CLOSE) - 1
         if text[start:end] != prompt:
-            raise SlotError(f"The adapter renders the instructions {prompt!r} as "
-                            f"{text[start:end]!r}; use single-line instructions.")
+            raise SlotError(
+                f"The adapter renders the instructions {prompt!r} as "
+                f"{text[start:end]!r}; use single-line instructions."
+            )
         if start > 0 and text[start - 1] == " " and not prompt[0].isspace():
             # ChatAdapter indents the instructions; BPE tokenizers fold the space before a
             # word into the word's token, so that space belongs to the slot's first token.
@@ -518,30 +604,40 @@ class AdapterRenderer:
             text = format_field_value(info, gold)
         ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if not ids:
-            raise ValueError(f"The gold answer {example[self.answer_field]!r} tokenizes to nothing.")
+            raise ValueError(
+                f"The gold answer {example[self.answer_field]!r} tokenizes to nothing."
+            )
         return ids
 
-    def render(self, prompt_ids: Sequence[int], example: Any,
-               reasoning_ids: Sequence[int] = ()) -> RenderedExample:
+    def render(
+        self, prompt_ids: Sequence[int], example: Any, reasoning_ids: Sequence[int] = ()
+    ) -> RenderedExample:
         """``[messages up to the answer header, gold answer]``: the tokens the adapter's answer
         call continues, then the gold answer; spans from the tokenizer's offsets."""
         prompt = self.decode_prompt(prompt_ids)
         reasoning = self.reasoning_text(reasoning_ids)
-        text, ids, slot = self._context(prompt, example, {self.reasoning_field: reasoning},
-                                        self.answer_field)
+        text, ids, slot = self._context(
+            prompt, example, {self.reasoning_field: reasoning}, self.answer_field
+        )
         if ids[slot] != tuple(prompt_ids):
             raise SlotError(
                 f"The prompt ids {list(prompt_ids)} decode to {prompt!r}, which tokenizes to "
-                f"{list(ids[slot])} in context; the ids do not survive a text round trip.")
+                f"{list(ids[slot])} in context; the ids do not survive a text round trip."
+            )
         # Characters of the reasoning value: after the reasoning header, before the answer's.
         r_start = text.rindex(header(self.reasoning_field)) + len(header(self.reasoning_field)) + 1
         r_end = r_start + len(reasoning)
-        offsets = self.tokenizer(text, add_special_tokens=False,
-                                 return_offsets_mapping=True)["offset_mapping"]
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
         first = next(i for i, (a, b) in enumerate(offsets) if b > r_start)
         after = next((i for i, (a, b) in enumerate(offsets) if a >= r_end and i >= first), len(ids))
         answer = self.answer_ids(example)
         a0 = len(ids)
-        return RenderedExample(ids=ids + answer, slot=slot, reasoning=slice(first, after),
-                               extractor=slice(after, a0), answer=slice(a0, a0 + len(answer)))
-
+        return RenderedExample(
+            ids=ids + answer,
+            slot=slot,
+            reasoning=slice(first, after),
+            extractor=slice(after, a0),
+            answer=slice(a0, a0 + len(answer)),
+        )

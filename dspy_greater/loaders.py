@@ -33,7 +33,6 @@ from .data import (
     _NUMBER,
     ANSWER_FIELD,
     Splits,
-    bbh_answer_matches,
     bbh_metric,
     closed_labels,
     load_bbh,
@@ -44,8 +43,12 @@ from .data import (
 GSM8K_HUB = "openai/gsm8k"
 FOLIO_HUB = "yale-nlp/FOLIO"
 FOLIO_LABELS = ("False", "True", "Uncertain")
-_FOLIO_SYNONYMS = {"unknown": "Uncertain", "uncertain": "Uncertain", "true": "True",
-                   "false": "False"}
+_FOLIO_SYNONYMS = {
+    "unknown": "Uncertain",
+    "uncertain": "Uncertain",
+    "true": "True",
+    "false": "False",
+}
 
 Metric = Callable[..., Any]
 
@@ -63,8 +66,9 @@ def _first_row(path: Path) -> dict[str, Any]:
     return row
 
 
-def _read_splits(source: str | Path, files: dict[str, str], hub_config: str | None
-                 ) -> dict[str, list[dict[str, Any]]]:
+def _read_splits(
+    source: str | Path, files: dict[str, str], hub_config: str | None
+) -> dict[str, list[dict[str, Any]]]:
     """Rows of each split, from a local folder holding ``files`` or from the hub."""
     from datasets import load_dataset  # heavy import: only when a dataset is loaded
 
@@ -73,11 +77,15 @@ def _read_splits(source: str | Path, files: dict[str, str], hub_config: str | No
         data_files = {name: str(folder / file) for name, file in files.items()}
         missing = [f for f in data_files.values() if not Path(f).is_file()]
         if missing:
-            raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}; expected the files "
-                                    f"{', '.join(files.values())}.")
+            raise FileNotFoundError(
+                f"{folder} lacks {', '.join(missing)}; expected the files "
+                f"{', '.join(files.values())}."
+            )
         # One call per file: FOLIO's two files do not share their columns.
-        return {name: list(load_dataset("json", data_files=file, split="train"))
-                for name, file in data_files.items()}
+        return {
+            name: list(load_dataset("json", data_files=file, split="train"))
+            for name, file in data_files.items()
+        }
     loaded = load_dataset(str(source), hub_config)
     return {name: list(loaded[name]) for name in files}
 
@@ -86,8 +94,9 @@ def _read_splits(source: str | Path, files: dict[str, str], hub_config: str | No
 def gsm8k_answer(solution: str) -> str:
     """The final number of a GSM8K solution (the text after ``####``), without thousands commas."""
     if "####" not in solution:
-        raise ValueError(f"Not a GSM8K solution (no '####' before the final answer): "
-                         f"{solution[-80:]!r}")
+        raise ValueError(
+            f"Not a GSM8K solution (no '####' before the final answer): {solution[-80:]!r}"
+        )
     return solution.rsplit("####", 1)[1].strip().replace(",", "")
 
 
@@ -97,10 +106,15 @@ def load_gsm8k(source: str | Path = GSM8K_HUB) -> dict[str, list[dspy.Example]]:
     ``solution``). ``source`` is a folder holding ``train.jsonl`` and ``test.jsonl`` (the
     ``openai/grade-school-math`` layout) or a hub name (``openai/gsm8k``, config ``main``)."""
     rows = _read_splits(source, {"train": "train.jsonl", "test": "test.jsonl"}, "main")
-    return {name: [dspy.Example(question=row["question"], answer=gsm8k_answer(row["answer"]),
-                                solution=row["answer"]).with_inputs("question")
-                   for row in split_rows]
-            for name, split_rows in rows.items()}
+    return {
+        name: [
+            dspy.Example(
+                question=row["question"], answer=gsm8k_answer(row["answer"]), solution=row["answer"]
+            ).with_inputs("question")
+            for row in split_rows
+        ]
+        for name, split_rows in rows.items()
+    }
 
 
 def numbers_match(prediction: str, target: str) -> bool:
@@ -128,8 +142,9 @@ def folio_label(label: str) -> str:
     try:
         return _FOLIO_SYNONYMS[str(label).strip().rstrip(".").lower()]
     except KeyError:
-        raise ValueError(f"Not a FOLIO label: {label!r} (expected True, False, Uncertain or "
-                         "Unknown).") from None
+        raise ValueError(
+            f"Not a FOLIO label: {label!r} (expected True, False, Uncertain or Unknown)."
+        ) from None
 
 
 def load_folio(source: str | Path = FOLIO_HUB) -> dict[str, list[dspy.Example]]:
@@ -143,8 +158,9 @@ def load_folio(source: str | Path = FOLIO_HUB) -> dict[str, list[dspy.Example]]:
     def example(row: dict[str, Any]) -> dspy.Example:
         premises = row["premises"]
         text = "\n".join(premises) if isinstance(premises, list) else str(premises)
-        return dspy.Example(premises=text, conclusion=row["conclusion"],
-                            answer=folio_label(row["label"])).with_inputs("premises", "conclusion")
+        return dspy.Example(
+            premises=text, conclusion=row["conclusion"], answer=folio_label(row["label"])
+        ).with_inputs("premises", "conclusion")
 
     return {name: [example(row) for row in split_rows] for name, split_rows in rows.items()}
 
@@ -197,14 +213,17 @@ def _kind(data: str) -> str:
             raise ValueError(
                 f"{path} is a folder without train.jsonl. Expected a GSM8K folder (train.jsonl, "
                 "test.jsonl with 'question' and 'answer') or a FOLIO folder (train.jsonl, "
-                "validation.jsonl with 'premises', 'conclusion', 'label'), or a BBH JSON file.")
+                "validation.jsonl with 'premises', 'conclusion', 'label'), or a BBH JSON file."
+            )
         keys = set(_first_row(probe))
         if {"question", "answer"} <= keys:
             return "gsm8k"
         if {"premises", "conclusion", "label"} <= keys:
             return "folio"
-        raise ValueError(f"{probe} has the keys {sorted(keys)}; expected GSM8K's 'question' and "
-                         "'answer' or FOLIO's 'premises', 'conclusion' and 'label'.")
+        raise ValueError(
+            f"{probe} has the keys {sorted(keys)}; expected GSM8K's 'question' and "
+            "'answer' or FOLIO's 'premises', 'conclusion' and 'label'."
+        )
     lowered = data.lower()
     if lowered in ("gsm8k", GSM8K_HUB):
         return "gsm8k"
@@ -215,12 +234,19 @@ def _kind(data: str) -> str:
     raise FileNotFoundError(
         f"No data at {data!r}: not a file or folder, not a shipped BBH task "
         f"({', '.join(shipped_bbh_tasks())}), and not a hub name (gsm8k, folio). Give the path "
-        "of a BBH JSON file ({\"examples\": [{\"input\", \"target\"}]}), of a GSM8K or FOLIO "
-        "folder, or one of those names.")
+        'of a BBH JSON file ({"examples": [{"input", "target"}]}), of a GSM8K or FOLIO '
+        "folder, or one of those names."
+    )
 
 
-def load_task(data: str | Path, *, train: int | None = None, dev: int | None = None,
-              test: int | None = None, seed: int = 0) -> Task:
+def load_task(
+    data: str | Path,
+    *,
+    train: int | None = None,
+    dev: int | None = None,
+    test: int | None = None,
+    seed: int = 0,
+) -> Task:
     """The task at ``data`` (path or name, see the module docstring) with seeded splits.
 
     ``train`` and ``dev`` no larger than the protocol's take the first examples of its splits,
@@ -232,7 +258,11 @@ def load_task(data: str | Path, *, train: int | None = None, dev: int | None = N
     kind = _kind(data)
     if kind == "bbh":
         examples = load_bbh(data)
-        name, metric, inputs = "bbh/" + Path(data).name.removesuffix(".json"), bbh_metric, ("question",)
+        name, metric, inputs = (
+            "bbh/" + Path(data).name.removesuffix(".json"),
+            bbh_metric,
+            ("question",),
+        )
         full_train, full_dev = _bbh_sizes(len(examples))
         train, dev = train or full_train, full_dev if dev is None else dev
         if train <= full_train and dev <= full_dev:
@@ -241,8 +271,10 @@ def load_task(data: str | Path, *, train: int | None = None, dev: int | None = N
         else:
             splits = split(examples, train=train, dev=dev, seed=seed)
         rule = "" if len(examples) >= 250 else " (under 250 examples: 20 % / 40 % / the rest)"
-        protocol = (f"BBH: shuffled with seed {seed}; {full_train} train / {full_dev} dev / the "
-                    f"rest test{rule}; this run uses {train} / {dev} / {len(splits.test)}")
+        protocol = (
+            f"BBH: shuffled with seed {seed}; {full_train} train / {full_dev} dev / the "
+            f"rest test{rule}; this run uses {train} / {dev} / {len(splits.test)}"
+        )
     else:
         loaded = load_gsm8k(data) if kind == "gsm8k" else load_folio(data)
         pool_name, test_name = ("train", "test") if kind == "gsm8k" else ("train", "validation")
@@ -254,16 +286,32 @@ def load_task(data: str | Path, *, train: int | None = None, dev: int | None = N
             raise ValueError(f"{kind}'s {pool_name} split: {exc}") from None
         splits = Splits(drawn.train[:train], drawn.dev[:dev], list(loaded[test_name]))
         name, metric = kind, gsm8k_metric if kind == "gsm8k" else folio_metric
-        protocol = (f"{kind}: 100 train / 100 dev drawn from its {pool_name} split with seed "
-                    f"{seed}, test = its {test_name} split; this run uses {train} / {dev} / "
-                    f"{len(splits.test)}")
+        protocol = (
+            f"{kind}: 100 train / 100 dev drawn from its {pool_name} split with seed "
+            f"{seed}, test = its {test_name} split; this run uses {train} / {dev} / "
+            f"{len(splits.test)}"
+        )
         inputs = ("question",) if kind == "gsm8k" else ("premises", "conclusion")
     if test is not None:
         splits = Splits(splits.train, splits.dev, splits.test[:test])
-    labels = (FOLIO_LABELS if kind == "folio" else None if kind == "gsm8k"
-              else closed_labels(splits.train + splits.dev + splits.test))
+    labels = (
+        FOLIO_LABELS
+        if kind == "folio"
+        else None
+        if kind == "gsm8k"
+        else closed_labels(splits.train + splits.dev + splits.test)
+    )
     return Task(name, splits, metric, inputs, labels, protocol)
 
 
-__all__ = ["Task", "load_task", "load_gsm8k", "load_folio", "gsm8k_metric", "folio_metric",
-           "numbers_match", "gsm8k_answer", "folio_label"]
+__all__ = [
+    "Task",
+    "folio_label",
+    "folio_metric",
+    "gsm8k_answer",
+    "gsm8k_metric",
+    "load_folio",
+    "load_gsm8k",
+    "load_task",
+    "numbers_match",
+]

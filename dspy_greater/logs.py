@@ -15,8 +15,10 @@ NOISY = ("dspy", "vllm", "httpx", "LiteLLM")
 def configure_logging(verbose: bool = False) -> None:
     """Set up logging for a command (the CLI, the demo). Call it before vLLM starts: its
     worker processes read the environment set here."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not verbose:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # NUMA binding and the like
@@ -32,16 +34,21 @@ def configure_logging(verbose: bool = False) -> None:
 def truncation_note(reasoner: Any, since: tuple[int, int] = (0, 0)) -> str | None:
     """One line on how many of ``reasoner``'s completions (since ``since``, a
     :func:`generation_counts` taken earlier) stopped at their token limit; None if none did."""
-    generated, truncated = (now - before for now, before in zip(
-        generation_counts(reasoner), since, strict=True))
+    generated, truncated = (
+        now - before for now, before in zip(generation_counts(reasoner), since, strict=True)
+    )
     if not truncated:
         return None
-    return (f"{truncated} of {generated} generations stopped at their token limit (the chain "
-            "of thought was cut short); raise the reasoning budget (--max-tokens) if that is "
-            "often.")
+    return (
+        f"{truncated} of {generated} generations stopped at their token limit (the chain "
+        "of thought was cut short); raise the reasoning budget (--max-tokens) if that is "
+        "often."
+    )
 
 
 def generation_counts(reasoner: Any) -> tuple[int, int]:
     """(completions generated, those truncated) by ``reasoner`` so far."""
-    return (int(getattr(reasoner, "generated_sequences", 0)),
-            int(getattr(reasoner, "truncated_sequences", 0)))
+    return (
+        int(getattr(reasoner, "generated_sequences", 0)),
+        int(getattr(reasoner, "truncated_sequences", 0)),
+    )

@@ -101,8 +101,10 @@ class GenerationStore(MutableMapping[_Key, tuple[int, ...]]):
 
     def __setitem__(self, key: _Key, value: tuple[int, ...]) -> None:
         prompt, example = key
-        self._stream.write(json.dumps({"prompt": list(prompt), "example": example,
-                                       "reasoning": list(value)}) + "\n")
+        self._stream.write(
+            json.dumps({"prompt": list(prompt), "example": example, "reasoning": list(value)})
+            + "\n"
+        )
         self._stream.flush()
         self._chains[key] = tuple(value)
 
@@ -123,7 +125,9 @@ class RunDir:
     """One run's folder. ``config`` (JSON-serialisable) identifies the run: resuming with another
     configuration or schema is refused, naming what differs."""
 
-    def __init__(self, path: str | os.PathLike[str], config: dict[str, Any], *, resume: bool) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], config: dict[str, Any], *, resume: bool
+    ) -> None:
         self.path = Path(path)
         self.config = json.loads(json.dumps(config))  # as it reads back from disk
         self.run_file = self.path / "run.json"
@@ -131,12 +135,15 @@ class RunDir:
             if not resume:
                 raise GreaterError(
                     f"{self.path} already holds a run. Pass resume=True to continue it, or choose "
-                    "another run directory.")
+                    "another run directory."
+                )
             self._check(json.loads(self.run_file.read_text()))
         else:
             self.path.mkdir(parents=True, exist_ok=True)
-            write_json_atomically(self.run_file, {"schema": SCHEMA, "config": self.config,
-                                                  "state": None, "result": None})
+            write_json_atomically(
+                self.run_file,
+                {"schema": SCHEMA, "config": self.config, "state": None, "result": None},
+            )
         self._generations: GenerationStore | None = None
 
     @property
@@ -150,16 +157,20 @@ class RunDir:
         if stored.get("schema") != SCHEMA:
             raise RunDirMismatch(
                 f"{self.run_file} has schema {stored.get('schema')!r}; this version of dspy-greater "
-                f"writes schema {SCHEMA}. Start a new run directory.")
+                f"writes schema {SCHEMA}. Start a new run directory."
+            )
         old = stored.get("config", {})
-        differences = [f"{key}: {old.get(key)!r} (stored) vs {self.config.get(key)!r} (now)"
-                       for key in sorted(set(old) | set(self.config))
-                       if old.get(key) != self.config.get(key)]
+        differences = [
+            f"{key}: {old.get(key)!r} (stored) vs {self.config.get(key)!r} (now)"
+            for key in sorted(set(old) | set(self.config))
+            if old.get(key) != self.config.get(key)
+        ]
         if differences:
             raise RunDirMismatch(
                 f"{self.path} was made with another configuration; cannot resume it with this "
                 "one. Use the same settings or a new run directory. Differences: "
-                + "; ".join(differences))
+                + "; ".join(differences)
+            )
 
     def _read(self) -> dict[str, Any]:
         return json.loads(self.run_file.read_text())

@@ -61,14 +61,31 @@ class GreaterConfig:
     @classmethod
     def cpu(cls, **overrides: Any) -> GreaterConfig:
         """A small setting whose steps take well under two minutes on a 2-core CPU (SmolLM2)."""
-        settings: dict[str, Any] = dict(steps=10, num_examples=8, top_k=10, num_subsets=4,
-                                        subset_size=3, max_reasoning_tokens=96)
+        settings: dict[str, Any] = dict(
+            steps=10,
+            num_examples=8,
+            top_k=10,
+            num_subsets=4,
+            subset_size=3,
+            max_reasoning_tokens=96,
+        )
         return cls(**{**settings, **overrides})
 
     def __post_init__(self) -> None:
-        positive = ("steps", "num_examples", "top_k", "top_k_step", "max_top_k", "num_subsets",
-                    "subset_size", "min_candidates", "shortlist", "max_reasoning_tokens",
-                    "max_prompt_tokens", "keep_top")
+        positive = (
+            "steps",
+            "num_examples",
+            "top_k",
+            "top_k_step",
+            "max_top_k",
+            "num_subsets",
+            "subset_size",
+            "min_candidates",
+            "shortlist",
+            "max_reasoning_tokens",
+            "max_prompt_tokens",
+            "keep_top",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"GreaterConfig.{name} must be >= 1, got {getattr(self, name)}.")
@@ -138,8 +155,9 @@ class SearchState:
 
 def readable_tokens(vocab: Sequence[str], special_ids: frozenset[int]) -> frozenset[int]:
     """Token ids the paper allows in a prompt: ASCII letters and spaces, or exactly '.' or ','."""
-    return frozenset(i for i, text in enumerate(vocab)
-                     if i not in special_ids and _READABLE.fullmatch(text))
+    return frozenset(
+        i for i, text in enumerate(vocab) if i not in special_ids and _READABLE.fullmatch(text)
+    )
 
 
 def propose(
@@ -173,7 +191,9 @@ def propose(
     return sorted(union), k
 
 
-def shortlist_by_gradient(candidates: Sequence[int], gradients: Sequence[float], n: int) -> list[int]:
+def shortlist_by_gradient(
+    candidates: Sequence[int], gradients: Sequence[float], n: int
+) -> list[int]:
     """The ``n`` candidates whose one-hot gradient is most negative (largest first-order loss
     decrease), most promising first; ties broken by token id for determinism."""
     order = sorted(range(len(candidates)), key=lambda j: (gradients[j], candidates[j]))
@@ -203,10 +223,16 @@ def advance(
 class _Search:
     """State of one run: engines, examples, the reasoning cache and the best prompts seen."""
 
-    def __init__(self, config: GreaterConfig, examples: Sequence[Any], renderer: Renderer,
-                 reasoner: Reasoner, gradient_model: GradientModel,
-                 reasoning_cache: MutableMapping[tuple[Prompt, int], tuple[int, ...]] | None,
-                 scorer: Scorer | None) -> None:
+    def __init__(
+        self,
+        config: GreaterConfig,
+        examples: Sequence[Any],
+        renderer: Renderer,
+        reasoner: Reasoner,
+        gradient_model: GradientModel,
+        reasoning_cache: MutableMapping[tuple[Prompt, int], tuple[int, ...]] | None,
+        scorer: Scorer | None,
+    ) -> None:
         self.config = config
         self.examples = list(examples)
         self.renderer = renderer
@@ -232,29 +258,40 @@ class _Search:
 
     def reason(self, prompts: Sequence[Prompt]) -> None:
         """Generate, in one batch, every missing reasoning chain for these prompts."""
-        todo = [(p, i) for p in dict.fromkeys(prompts) for i in range(len(self.examples))
-                if (p, i) not in self.reasoning]
+        todo = [
+            (p, i)
+            for p in dict.fromkeys(prompts)
+            for i in range(len(self.examples))
+            if (p, i) not in self.reasoning
+        ]
         if not todo:
             return
         # As chat messages, so that a server reasoner works too; local reasoners tokenize them
         # exactly as the renderer does.
         conversations = [self.renderer.messages(p, self.examples[i]) for p, i in todo]
         completions = self.reasoner.chat(
-            conversations, max_new_tokens=self.config.max_reasoning_tokens,
-            stop=self.renderer.stop, continue_final_message=self.renderer.continue_final_message)
+            conversations,
+            max_new_tokens=self.config.max_reasoning_tokens,
+            stop=self.renderer.stop,
+            continue_final_message=self.renderer.continue_final_message,
+        )
         for key, completion in zip(todo, completions, strict=True):
             self.reasoning[key] = completion.token_ids
 
     def rendered(self, prompt: Prompt) -> list[RenderedExample]:
-        return [self.renderer.render(prompt, ex, self.reasoning[(prompt, i)])
-                for i, ex in enumerate(self.examples)]
+        return [
+            self.renderer.render(prompt, ex, self.reasoning[(prompt, i)])
+            for i, ex in enumerate(self.examples)
+        ]
 
     def score(self, prompt: Prompt) -> PromptScore:
         if prompt not in self.scores:
             self.scores[prompt] = self.scorer(prompt, self.rendered(prompt))
         return self.scores[prompt]
 
-    def teacher_forced_score(self, prompt: Prompt, rendered: Sequence[RenderedExample]) -> PromptScore:
+    def teacher_forced_score(
+        self, prompt: Prompt, rendered: Sequence[RenderedExample]
+    ) -> PromptScore:
         """The paper's selection score: teacher-forced mistake rate + weight * prompt NLL."""
         results = self.model.score(rendered)
         mistakes = sum(not r.correct for r in results) / len(results)
@@ -268,8 +305,9 @@ class _Search:
             if not matches:
                 raise ValueError(f"The filler {self.config.filler!r} is not a single token.")
             return matches[0]
-        ranked = self.model.ranked_next_tokens(self.rendered(prompt), len(prompt),
-                                               allowed=self.allowed, limit=self.config.top_k)
+        ranked = self.model.ranked_next_tokens(
+            self.rendered(prompt), len(prompt), allowed=self.allowed, limit=self.config.top_k
+        )
         votes: dict[int, float] = {}
         for row in ranked:
             for rank, token in enumerate(row):
@@ -323,14 +361,19 @@ def run_greater(
             f"examples), got {len(examples)}. The paper uses 50."
         )
     if not initial_prompt.strip():
-        raise ValueError("The initial prompt is empty; start from a sentence such as "
-                         "'Use proper logical reasoning and think step by step.'")
+        raise ValueError(
+            "The initial prompt is empty; start from a sentence such as "
+            "'Use proper logical reasoning and think step by step.'"
+        )
     if check_models:
         try:
             check_same_model(reasoner, gradient_model)
         except NotImplementedError as exc:  # a server reports no log-probabilities; a bug raises
-            logger.warning("Could not check that the reasoner is the gradient model's weights "
-                           "(%s); check it with a local reasoner on the same folder.", exc)
+            logger.warning(
+                "Could not check that the reasoner is the gradient model's weights "
+                "(%s); check it with a local reasoner on the same folder.",
+                exc,
+            )
     search = _Search(config, examples, renderer, reasoner, gradient_model, reasoning_cache, scorer)
     rng = random.Random(config.seed)
     if state is None:
@@ -348,12 +391,11 @@ def run_greater(
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc=desc, unit="step", initial=state.steps_done,
-                     total=config.steps)
+        steps = tqdm(steps, desc=desc, unit="step", initial=state.steps_done, total=config.steps)
     for step in steps:
         record = _step(search, prompt, position, step, rng)
         history.append(record)
-        prompt = tuple(prompt[: position]) + (record.selected,) + tuple(prompt[position + 1 :])
+        prompt = tuple(prompt[:position]) + (record.selected,) + tuple(prompt[position + 1 :])
         ends_sentence = search.text((record.selected,)).strip().endswith(".")
         position, grow = advance(prompt, position, ends_sentence=ends_sentence, config=config)
         if grow:
@@ -366,15 +408,33 @@ def run_greater(
         if progress:
             steps.set_postfix(best=f"{search.top_prompts()[0][2].value:.3f}")
         if on_checkpoint is not None:
-            on_checkpoint(SearchState(step + 1, prompt, position, rng.getstate(), list(history),
-                                      dict(search.scores), state.initial, state.setup_seconds))
+            on_checkpoint(
+                SearchState(
+                    step + 1,
+                    prompt,
+                    position,
+                    rng.getstate(),
+                    list(history),
+                    dict(search.scores),
+                    state.initial,
+                    state.setup_seconds,
+                )
+            )
         if on_step is not None:
             on_step(record)
 
     top = search.top_prompts()
     best_text, best_ids, best_score = top[0]
-    return GreaterResult(best_text, best_ids, best_score, search.text(state.initial),
-                         initial_score, top, history, state.setup_seconds)
+    return GreaterResult(
+        best_text,
+        best_ids,
+        best_score,
+        search.text(state.initial),
+        initial_score,
+        top,
+        history,
+        state.setup_seconds,
+    )
 
 
 def _start(search: _Search, initial_prompt: str, rng: random.Random) -> SearchState:
@@ -389,13 +449,18 @@ def _start(search: _Search, initial_prompt: str, rng: random.Random) -> SearchSt
     clock = time.perf_counter()
     initial_score = search.score(prompt)
     setup_seconds["score"] = time.perf_counter() - clock
-    logger.info("Initial prompt %r: score %.4f (mistakes %.2f)", search.text(prompt),
-                initial_score.value, initial_score.mistake_rate)
-    return SearchState(0, prompt, 0, rng.getstate(), [], dict(search.scores), prompt,
-                       setup_seconds)
+    logger.info(
+        "Initial prompt %r: score %.4f (mistakes %.2f)",
+        search.text(prompt),
+        initial_score.value,
+        initial_score.mistake_rate,
+    )
+    return SearchState(0, prompt, 0, rng.getstate(), [], dict(search.scores), prompt, setup_seconds)
 
 
-def _step(search: _Search, prompt: Prompt, position: int, step: int, rng: random.Random) -> StepRecord:
+def _step(
+    search: _Search, prompt: Prompt, position: int, step: int, rng: random.Random
+) -> StepRecord:
     config, seconds = search.config, {}
     clock = time.perf_counter()
     search.reason([prompt])  # cached after the previous step's selection
@@ -403,19 +468,25 @@ def _step(search: _Search, prompt: Prompt, position: int, step: int, rng: random
     seconds["reason"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    ranked = search.model.ranked_next_tokens(rendered, position, allowed=search.allowed,
-                                             limit=config.max_top_k)
+    ranked = search.model.ranked_next_tokens(
+        rendered, position, allowed=search.allowed, limit=config.max_top_k
+    )
     previous = prompt[position - 1] if position > 0 else None
-    candidates, k = propose(ranked, current=prompt[position], previous=previous, config=config,
-                            rng=rng)
+    candidates, k = propose(
+        ranked, current=prompt[position], previous=previous, config=config, rng=rng
+    )
     swap = lambda token: prompt[:position] + (token,) + prompt[position + 1 :]  # noqa: E731
     candidates = [c for c in candidates if c == prompt[position] or search.round_trips(swap(c))]
     seconds["propose"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     gradients = search.model.candidate_gradients(
-        rendered, position, candidates, answer_temperature=config.answer_temperature,
-        fluency_weight=config.fluency_weight)
+        rendered,
+        position,
+        candidates,
+        answer_temperature=config.answer_temperature,
+        fluency_weight=config.fluency_weight,
+    )
     shortlist = shortlist_by_gradient(candidates, gradients, config.shortlist)
     seconds["gradient"] = time.perf_counter() - clock
 
@@ -428,10 +499,26 @@ def _step(search: _Search, prompt: Prompt, position: int, step: int, rng: random
 
     after = swap(selected)
     record = StepRecord(
-        step=step, position=position, prompt_before=search.text(prompt), top_k=k,
-        candidates=candidates, gradients=gradients, shortlist=shortlist,
-        scores={c: s.value for c, s in scores.items()}, selected=selected,
-        prompt_after=search.text(after), score_after=scores[selected].value, seconds=seconds)
-    logger.info("step %d pos %d: %d candidates (k=%d) -> %r score %.4f", step, position,
-                len(candidates), k, search.text((selected,)), record.score_after)
+        step=step,
+        position=position,
+        prompt_before=search.text(prompt),
+        top_k=k,
+        candidates=candidates,
+        gradients=gradients,
+        shortlist=shortlist,
+        scores={c: s.value for c, s in scores.items()},
+        selected=selected,
+        prompt_after=search.text(after),
+        score_after=scores[selected].value,
+        seconds=seconds,
+    )
+    logger.info(
+        "step %d pos %d: %d candidates (k=%d) -> %r score %.4f",
+        step,
+        position,
+        len(candidates),
+        k,
+        search.text((selected,)),
+        record.score_after,
+    )
     return record

@@ -48,10 +48,12 @@ logger = logging.getLogger(__name__)
 Budget = Literal["light", "medium", "heavy"]
 # Search settings per budget; "heavy" is the paper's (100 steps over 50 examples).
 BUDGETS: dict[str, dict[str, Any]] = {
-    "light": dict(steps=8, num_examples=8, top_k=10, num_subsets=4, subset_size=3,
-                  max_reasoning_tokens=128),
-    "medium": dict(steps=25, num_examples=16, top_k=20, num_subsets=5, subset_size=4,
-                   max_reasoning_tokens=256),
+    "light": dict(
+        steps=8, num_examples=8, top_k=10, num_subsets=4, subset_size=3, max_reasoning_tokens=128
+    ),
+    "medium": dict(
+        steps=25, num_examples=16, top_k=20, num_subsets=5, subset_size=4, max_reasoning_tokens=256
+    ),
     "heavy": {},
 }
 
@@ -99,8 +101,10 @@ class GReaTerRun:
         """The one predictor's stage (its last round's, with ``rounds`` > 1)."""
         predictors = list(dict.fromkeys(stage.predictor for stage in self.stages))
         if len(predictors) != 1:
-            raise AttributeError(f"This run optimized the predictors {predictors}; read their "
-                                 "stages from run.stages.")
+            raise AttributeError(
+                f"This run optimized the predictors {predictors}; read their "
+                "stages from run.stages."
+            )
         return self.stages[-1]
 
     predictor = property(lambda self: self.only_stage.predictor)
@@ -128,9 +132,19 @@ class _MetricScorer:
     batch, on the outputs the adapter generates after the search's own reasoning (no extra
     reasoning call), + weight * the prompt's mean NLL."""
 
-    def __init__(self, *, metric: Callable, examples: Sequence[dspy.Example], lm: Any,
-                 adapter: ForcedExtractionAdapter, renderer: AdapterRenderer, gradient_model: Any,
-                 nll_weight: float, num_threads: int, max_errors: int) -> None:
+    def __init__(
+        self,
+        *,
+        metric: Callable,
+        examples: Sequence[dspy.Example],
+        lm: Any,
+        adapter: ForcedExtractionAdapter,
+        renderer: AdapterRenderer,
+        gradient_model: Any,
+        nll_weight: float,
+        num_threads: int,
+        max_errors: int,
+    ) -> None:
         self.metric, self.examples, self.lm, self.adapter = metric, list(examples), lm, adapter
         self.renderer, self.model = renderer, gradient_model
         self.nll_weight, self.num_threads, self.max_errors = nll_weight, num_threads, max_errors
@@ -138,8 +152,13 @@ class _MetricScorer:
 
     def _one(self, signature: Any, example: dspy.Example, reasoning: str) -> float:
         inputs = {k: example[k] for k in signature.input_fields}
-        values = self.adapter.complete(self.lm, signature, list(self.renderer.demos), inputs,
-                                       {self.renderer.reasoning_field: reasoning})
+        values = self.adapter.complete(
+            self.lm,
+            signature,
+            list(self.renderer.demos),
+            inputs,
+            {self.renderer.reasoning_field: reasoning},
+        )
         prediction = dspy.Prediction(**values)
         try:
             return metric_value(self.metric(example, prediction, None))
@@ -151,7 +170,8 @@ class _MetricScorer:
                 raise GreaterError(
                     f"The metric raised {errors} times (more than max_errors="
                     f"{self.max_errors}); the last time on {example}: {exc!r}. Fix the metric "
-                    "or raise max_errors.") from exc
+                    "or raise max_errors."
+                ) from exc
             logger.warning("The metric raised on %s: %r (scored 0).", example, exc)
             return 0.0
 
@@ -162,8 +182,12 @@ class _MetricScorer:
         tokenizer = self.renderer.tokenizer
         chains = [tokenizer.decode(list(item.ids[item.reasoning])).strip() for item in rendered]
         with ThreadPoolExecutor(max(1, min(self.num_threads, len(chains)))) as pool:
-            scores = list(pool.map(lambda args: self._one(signature, *args),
-                                   zip(self.examples, chains, strict=True)))
+            scores = list(
+                pool.map(
+                    lambda args: self._one(signature, *args),
+                    zip(self.examples, chains, strict=True),
+                )
+            )
         mistakes = 1.0 - sum(scores) / len(scores)
         nll = _prompt_nll(self.model, rendered, self.adapter.instructions == "system")
         return PromptScore(mistakes, nll, mistakes + self.nll_weight * nll)
@@ -174,8 +198,16 @@ class _ProgramScorer:
     program's mean metric on the training batch with that prompt (a change in one stage is judged
     by its effect on the end result), + weight * the prompt's mean NLL."""
 
-    def __init__(self, *, scores: _ProgramScores, stage: str, renderer: AdapterRenderer,
-                 gradient_model: Any, nll_weight: float, shared_context: bool) -> None:
+    def __init__(
+        self,
+        *,
+        scores: _ProgramScores,
+        stage: str,
+        renderer: AdapterRenderer,
+        gradient_model: Any,
+        nll_weight: float,
+        shared_context: bool,
+    ) -> None:
         self.scores, self.stage, self.renderer, self.model = scores, stage, renderer, gradient_model
         self.nll_weight, self.shared_context = nll_weight, shared_context
 
@@ -234,8 +266,10 @@ class GReaTer(Teleprompter):
     ) -> None:
         super().__init__()
         if metric is None or not callable(metric):
-            raise TypeError("GReaTer needs a metric: metric(example, prediction, trace=None) -> "
-                            "bool | float (or a prediction with a score).")
+            raise TypeError(
+                "GReaTer needs a metric: metric(example, prediction, trace=None) -> "
+                "bool | float (or a prediction with a score)."
+            )
         if auto is not None and auto not in BUDGETS:
             raise ValueError(f"auto must be one of {sorted(BUDGETS)} or None, got {auto!r}.")
         self.metric = metric
@@ -247,7 +281,11 @@ class GReaTer(Teleprompter):
         self.rounds, self.metric_threshold = rounds, metric_threshold
         self.run_dir, self.num_threads, self.max_errors = run_dir, num_threads, max_errors
         self.seed, self.dtype, self.device = seed, dtype, device
-        self.validate_every_step, self.progress, self.on_step = validate_every_step, progress, on_step
+        self.validate_every_step, self.progress, self.on_step = (
+            validate_every_step,
+            progress,
+            on_step,
+        )
 
     # -- settings ---------------------------------------------------------------------------
     def search_config(self) -> GreaterConfig:
@@ -260,10 +298,17 @@ class GReaTer(Teleprompter):
         return config
 
     # -- compile ----------------------------------------------------------------------------
-    def compile(self, student: dspy.Module, *, trainset: list[dspy.Example],
-                teacher: Any = None, valset: list[dspy.Example] | None = None,
-                resume: bool = False, run_dir: str | os.PathLike[str] | None = None,
-                **kwargs: Any) -> dspy.Module:
+    def compile(
+        self,
+        student: dspy.Module,
+        *,
+        trainset: list[dspy.Example],
+        teacher: Any = None,
+        valset: list[dspy.Example] | None = None,
+        resume: bool = False,
+        run_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> dspy.Module:
         """A copy of ``student`` whose predictors' instructions GReaTer optimized (nothing else
         changes). ``resume=True`` continues the run in ``run_dir`` where it stopped."""
         if kwargs:
@@ -271,8 +316,10 @@ class GReaTer(Teleprompter):
         if teacher is not None:
             logger.warning("GReaTer uses no teacher program; ignoring teacher=.")
         if not trainset:
-            raise ValueError("The trainset is empty; GReaTer needs labelled examples (the paper "
-                             "uses 50; the light budget uses 8 for the search).")
+            raise ValueError(
+                "The trainset is empty; GReaTer needs labelled examples (the paper "
+                "uses 50; the light budget uses 8 for the search)."
+            )
         program = student.deepcopy()
         stages = self._pick_stages(program)
         targets = {name: target_field(name, predictor.signature) for name, predictor in stages}
@@ -281,7 +328,8 @@ class GReaTer(Teleprompter):
         if len(stages) == 1:
             [(name, predictor)] = stages
             check = lambda which, examples: self._checked(  # noqa: E731
-                which, examples, list(predictor.signature.input_fields), targets[name])
+                which, examples, list(predictor.signature.input_fields), targets[name]
+            )
         else:
             check = lambda which, examples: self._checked(which, examples, None, None)  # noqa: E731
         trainset = check("trainset", trainset)
@@ -295,10 +343,15 @@ class GReaTer(Teleprompter):
         stage_lms = {name: self.task_lm or predictor.lm or lm for name, predictor in stages}
         missing = [name for name, stage_lm in stage_lms.items() if stage_lm is None]
         if missing:
-            raise GreaterError(f"No LM for {missing}: configure one (dspy.configure(lm="
-                               "local_lm())), set the predictors' lm, or pass task_lm=.")
-        adapter = self.adapter or (dspy.settings.adapter if isinstance(
-            dspy.settings.adapter, ForcedExtractionAdapter) else ForcedExtractionAdapter())
+            raise GreaterError(
+                f"No LM for {missing}: configure one (dspy.configure(lm="
+                "local_lm())), set the predictors' lm, or pass task_lm=."
+            )
+        adapter = self.adapter or (
+            dspy.settings.adapter
+            if isinstance(dspy.settings.adapter, ForcedExtractionAdapter)
+            else ForcedExtractionAdapter()
+        )
         engines: dict[str, _Engine] = {}
         for name, stage_lm in stage_lms.items():
             adapter.check_lm(stage_lm)
@@ -309,23 +362,54 @@ class GReaTer(Teleprompter):
         model_path = next(iter(models.values())) if len(set(models.values())) == 1 else models
 
         folder = Path(run_dir or self.run_dir or tempfile.mkdtemp(prefix="greater-run-"))
-        identity = {"search": asdict(config), "rounds": self.rounds,
-                    "predictors": {name: _describe(p.signature) for name, p in stages},
-                    "start": starts, "placement": adapter.instructions, "model": model_path,
-                    "trainset": _digest(trainset), "valset": _digest(valset),
-                    "metric": metric_identity(self.metric),
-                    "metric_threshold": self.metric_threshold}
+        identity = {
+            "search": asdict(config),
+            "rounds": self.rounds,
+            "predictors": {name: _describe(p.signature) for name, p in stages},
+            "start": starts,
+            "placement": adapter.instructions,
+            "model": model_path,
+            "trainset": _digest(trainset),
+            "valset": _digest(valset),
+            "metric": metric_identity(self.metric),
+            "metric_threshold": self.metric_threshold,
+        }
         run = RunDir(folder, identity, resume=resume)
         logger.info("GReaTer run directory: %s", folder)
         max_errors = self.max_errors if self.max_errors is not None else dspy.settings.max_errors
-        job = _Job(program=program, trainset=trainset, valset=valset, config=config, lm=lm,
-                   adapter=adapter, engines=engines, folder=folder,
-                   resume=resume, max_errors=max_errors, single=len(stages) == 1,
-                   validation=_ProgramScores(program, valset, self.metric, lm, adapter,
-                                             self.num_threads, max_errors,
-                                             folder / "validation.json"),
-                   training=_ProgramScores(program, trainset[: config.num_examples], self.metric,
-                                           lm, adapter, self.num_threads, max_errors, None))
+        job = _Job(
+            program=program,
+            trainset=trainset,
+            valset=valset,
+            config=config,
+            lm=lm,
+            adapter=adapter,
+            engines=engines,
+            folder=folder,
+            resume=resume,
+            max_errors=max_errors,
+            single=len(stages) == 1,
+            validation=_ProgramScores(
+                program,
+                valset,
+                self.metric,
+                lm,
+                adapter,
+                self.num_threads,
+                max_errors,
+                folder / "validation.json",
+            ),
+            training=_ProgramScores(
+                program,
+                trainset[: config.num_examples],
+                self.metric,
+                lm,
+                adapter,
+                self.num_threads,
+                max_errors,
+                None,
+            ),
+        )
         results: list[StageRun] = []
         try:
             for round_ in range(self.rounds):
@@ -334,19 +418,39 @@ class GReaTer(Teleprompter):
                     results.append(self._stage(job, name, predictor, round_, start))
         finally:
             run.close()
-        report = GReaTerRun(run_dir=folder, placement=adapter.instructions, model=model_path,
-                            proxy_model=self.task_lm is not None, validation_size=len(valset),
-                            validation_from_trainset=split_off, stages=results)
-        run.save_result({"instructions": {name: p.signature.instructions for name, p in stages},
-                         "validation_size": len(valset), "validation_from_trainset": split_off,
-                         "stages": [_stage_json(stage) for stage in results]})
+        report = GReaTerRun(
+            run_dir=folder,
+            placement=adapter.instructions,
+            model=model_path,
+            proxy_model=self.task_lm is not None,
+            validation_size=len(valset),
+            validation_from_trainset=split_off,
+            stages=results,
+        )
+        run.save_result(
+            {
+                "instructions": {name: p.signature.instructions for name, p in stages},
+                "validation_size": len(valset),
+                "validation_from_trainset": split_off,
+                "stages": [_stage_json(stage) for stage in results],
+            }
+        )
         _plot(folder / "scores.png", results)
         for stage in results:
-            start_score, best_score = (stage.validation.get(stage.start_instructions),
-                                       stage.validation.get(stage.instructions))
-            logger.info("GReaTer %s (round %d): %r -> %r; validation %s -> %s (n=%d)",
-                        stage.predictor, stage.round, stage.start_instructions, stage.instructions,
-                        _fmt(start_score, len(valset)), _fmt(best_score, len(valset)), len(valset))
+            start_score, best_score = (
+                stage.validation.get(stage.start_instructions),
+                stage.validation.get(stage.instructions),
+            )
+            logger.info(
+                "GReaTer %s (round %d): %r -> %r; validation %s -> %s (n=%d)",
+                stage.predictor,
+                stage.round,
+                stage.start_instructions,
+                stage.instructions,
+                _fmt(start_score, len(valset)),
+                _fmt(best_score, len(valset)),
+                len(valset),
+            )
         for reasoner, since in zip(reasoners, counts, strict=True):
             note = truncation_note(reasoner, since)
             if note:
@@ -361,33 +465,61 @@ class GReaTer(Teleprompter):
         # The slot is one line: ChatAdapter indents further lines, which the search cannot edit.
         start = " ".join(original.split())
         if start != original:
-            logger.info("GReaTer optimizes one line of instructions; %s starts from %r.", name,
-                        start)
+            logger.info(
+                "GReaTer optimizes one line of instructions; %s starts from %r.", name, start
+            )
         examples, source, skipped = self._targets(job, name, predictor, folder, round_)
         if skipped:
             logger.warning("GReaTer skips %s: %s", name, skipped)
-            return StageRun(name, round_, original, original, validation={}, train_scores=[],
-                            validation_per_step=[], targets=source, examples=len(examples),
-                            skipped=skipped, model=job.engines[name].model)
+            return StageRun(
+                name,
+                round_,
+                original,
+                original,
+                validation={},
+                train_scores=[],
+                validation_per_step=[],
+                targets=source,
+                examples=len(examples),
+                skipped=skipped,
+                model=job.engines[name].model,
+            )
         signature = predictor.signature
         engine = job.engines[name]
-        renderer = AdapterRenderer(signature, engine.gradient.tokenizer, job.adapter,
-                                   demos=list(predictor.demos),
-                                   constrained=job.adapter.constrains(engine.lm))
+        renderer = AdapterRenderer(
+            signature,
+            engine.gradient.tokenizer,
+            job.adapter,
+            demos=list(predictor.demos),
+            constrained=job.adapter.constrains(engine.lm),
+        )
         shared_context = job.adapter.instructions == "system"
         if job.single:
             scorer: Any = _MetricScorer(
-                metric=self.metric, examples=examples[: job.config.num_examples], lm=engine.lm,
-                adapter=job.adapter, renderer=renderer, gradient_model=engine.gradient,
-                nll_weight=job.config.selection_nll_weight, num_threads=self.num_threads,
-                max_errors=job.max_errors)
+                metric=self.metric,
+                examples=examples[: job.config.num_examples],
+                lm=engine.lm,
+                adapter=job.adapter,
+                renderer=renderer,
+                gradient_model=engine.gradient,
+                nll_weight=job.config.selection_nll_weight,
+                num_threads=self.num_threads,
+                max_errors=job.max_errors,
+            )
         else:
-            scorer = _ProgramScorer(scores=job.training, stage=name, renderer=renderer,
-                                    gradient_model=engine.gradient,
-                                    nll_weight=job.config.selection_nll_weight,
-                                    shared_context=shared_context)
-        run = RunDir(folder, {"predictor": name, "round": round_, "start": original,
-                              "targets": _digest(examples)}, resume=job.resume)
+            scorer = _ProgramScorer(
+                scores=job.training,
+                stage=name,
+                renderer=renderer,
+                gradient_model=engine.gradient,
+                nll_weight=job.config.selection_nll_weight,
+                shared_context=shared_context,
+            )
+        run = RunDir(
+            folder,
+            {"predictor": name, "round": round_, "start": original, "targets": _digest(examples)},
+            resume=job.resume,
+        )
 
         def after_step(record: StepRecord) -> None:
             if self.validate_every_step:
@@ -400,17 +532,28 @@ class GReaTer(Teleprompter):
 
         state = run.state() if job.resume else None
         if state is not None and state.history:
-            logger.info("Resuming %s after step %d of %d.", name, len(state.history),
-                        job.config.steps)
+            logger.info(
+                "Resuming %s after step %d of %d.", name, len(state.history), job.config.steps
+            )
         try:
             result = run_greater(
-                examples, initial_prompt=start, renderer=renderer, reasoner=engine.reasoner,
-                gradient_model=engine.gradient, config=job.config, scorer=scorer,
-                reasoning_cache=run.generations, state=state,
-                on_checkpoint=run.save_state, on_step=after_step, progress=self.progress,
-                desc="GReaTer" if job.single else f"GReaTer {name}")
-            candidates = list(dict.fromkeys([original, start,
-                                             *(text for text, _, _ in result.top_prompts)]))
+                examples,
+                initial_prompt=start,
+                renderer=renderer,
+                reasoner=engine.reasoner,
+                gradient_model=engine.gradient,
+                config=job.config,
+                scorer=scorer,
+                reasoning_cache=run.generations,
+                state=state,
+                on_checkpoint=run.save_state,
+                on_step=after_step,
+                progress=self.progress,
+                desc="GReaTer" if job.single else f"GReaTer {name}",
+            )
+            candidates = list(
+                dict.fromkeys([original, start, *(text for text, _, _ in result.top_prompts)])
+            )
             validation = {text: job.validation(name, text) for text in candidates}
             scored = {renderer.decode_prompt(ids): s for ids, s in run.state().scores.items()}
             train_scores = [1.0 - scored[r.prompt_after].mistake_rate for r in result.history]
@@ -418,14 +561,25 @@ class GReaTer(Teleprompter):
             run.close()
         best = max(candidates, key=lambda text: (validation[text], -candidates.index(text)))
         predictor.signature = signature.with_instructions(best)
-        stage = StageRun(name, round_, original, best, validation, train_scores,
-                         [validated(record) for record in result.history], source, len(examples),
-                         result, model=engine.model)
+        stage = StageRun(
+            name,
+            round_,
+            original,
+            best,
+            validation,
+            train_scores,
+            [validated(record) for record in result.history],
+            source,
+            len(examples),
+            result,
+            model=engine.model,
+        )
         run.save_result(_stage_json(stage))
         return stage
 
-    def _targets(self, job: _Job, name: str, predictor: Any, folder: Path, round_: int
-                 ) -> tuple[list[dspy.Example], str, str | None]:
+    def _targets(
+        self, job: _Job, name: str, predictor: Any, folder: Path, round_: int
+    ) -> tuple[list[dspy.Example], str, str | None]:
         """The stage's examples for the gradient loss, their source, and why the stage is
         skipped (or None). Kept in ``targets.json``: a resumed run reuses them instead of tracing
         again (vLLM on CPU is not batch-invariant)."""
@@ -434,37 +588,67 @@ class GReaTer(Teleprompter):
         stored = folder / "targets.json"
         if job.resume and stored.exists():
             data = json.loads(stored.read_text())
-            examples = [dspy.Example(**row["fields"]).with_inputs(*row["inputs"])
-                        for row in data["examples"]]
+            examples = [
+                dspy.Example(**row["fields"]).with_inputs(*row["inputs"])
+                for row in data["examples"]
+            ]
             return examples, data["source"], data["skipped"]
         with dspy.context(lm=job.lm, adapter=job.adapter):
-            traced = trace_program(job.program, job.trainset, self.metric,
-                                   threshold=self.metric_threshold, num_threads=self.num_threads,
-                                   max_errors=job.max_errors)
+            traced = trace_program(
+                job.program,
+                job.trainset,
+                self.metric,
+                threshold=self.metric_threshold,
+                num_threads=self.num_threads,
+                max_errors=job.max_errors,
+            )
         if not traced.passing:
             raise GreaterError(
                 f"No run of the program passed the metric on the {len(job.trainset)} training "
                 f"examples (mean score {traced.score:.3f}), so no stage has a target. Try more "
                 "or easier examples, a lower metric_threshold, or starting instructions that "
-                "pass on some examples.")
+                "pass on some examples."
+            )
         examples, source, skipped = stage_examples(name, predictor, traced), "traces", None
         needed = max(2, job.config.subset_size)
         if len(examples) < needed:
             labelled = self._labelled(job, name, predictor, traced)
             if len(labelled) >= needed:
-                logger.warning("Only %d passing calls of %s; its targets are the examples' own "
-                               "labels instead (%d calls).", len(examples), name, len(labelled))
+                logger.warning(
+                    "Only %d passing calls of %s; its targets are the examples' own "
+                    "labels instead (%d calls).",
+                    len(examples),
+                    name,
+                    len(labelled),
+                )
                 examples, source = labelled, "labels"
             else:
-                skipped = (f"{len(examples)} passing calls in {len(traced.passing)} passing runs "
-                           f"(of {len(job.trainset)}); it needs {needed}. Add training examples.")
-        logger.info("%s (round %d): %d target examples from %s; %d of %d runs pass (score %.3f).",
-                    name, round_, len(examples), source, len(traced.passing), len(job.trainset),
-                    traced.score)
+                skipped = (
+                    f"{len(examples)} passing calls in {len(traced.passing)} passing runs "
+                    f"(of {len(job.trainset)}); it needs {needed}. Add training examples."
+                )
+        logger.info(
+            "%s (round %d): %d target examples from %s; %d of %d runs pass (score %.3f).",
+            name,
+            round_,
+            len(examples),
+            source,
+            len(traced.passing),
+            len(job.trainset),
+            traced.score,
+        )
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(stored, {"source": source, "skipped": skipped, "examples": [
-            {"fields": dict(ex.items()), "inputs": sorted(ex.inputs().keys())}
-            for ex in examples]})
+        write_json_atomically(
+            stored,
+            {
+                "source": source,
+                "skipped": skipped,
+                "examples": [
+                    {"fields": dict(ex.items()), "inputs": sorted(ex.inputs().keys())}
+                    for ex in examples
+                ],
+            },
+        )
         return examples, source, skipped
 
     @staticmethod
@@ -473,7 +657,8 @@ class GReaTer(Teleprompter):
         traced inputs with the examples' own labels, when its target is a label of the trainset."""
         target = target_field(name, predictor.signature)
         if predictor is not final_predictor(traced, target) or not all(
-                target in ex for ex in job.trainset):
+            target in ex for ex in job.trainset
+        ):
             return []
         return label_examples(name, predictor, traced)
 
@@ -481,15 +666,17 @@ class GReaTer(Teleprompter):
     def _pick_stages(self, program: dspy.Module) -> list[tuple[str, Any]]:
         named = program.named_predictors()
         if not named:
-            raise ValueError("The program has no predictors (dspy.Predict / ChainOfThought) to "
-                             "optimize.")
+            raise ValueError(
+                "The program has no predictors (dspy.Predict / ChainOfThought) to optimize."
+            )
         if self.predictor is None:
             return named
         for name, predictor in named:
             if name == self.predictor:
                 return [(name, predictor)]
-        raise ValueError(f"No predictor named {self.predictor!r}; the program has "
-                         f"{[n for n, _ in named]}.")
+        raise ValueError(
+            f"No predictor named {self.predictor!r}; the program has {[n for n, _ in named]}."
+        )
 
     def _starts(self, stages: list[tuple[str, Any]]) -> dict[str, str]:
         given = self.initial_instructions
@@ -497,34 +684,46 @@ class GReaTer(Teleprompter):
             given = {}
         elif isinstance(given, str):
             if len(stages) > 1:
-                raise ValueError("initial_instructions= as one string sets one predictor's start; "
-                                 "this program has several: pass {name: instructions} or "
-                                 "predictor=NAME.")
+                raise ValueError(
+                    "initial_instructions= as one string sets one predictor's start; "
+                    "this program has several: pass {name: instructions} or "
+                    "predictor=NAME."
+                )
             given = {stages[0][0]: given}
         unknown = sorted(set(given) - {name for name, _ in stages})
         if unknown:
-            raise ValueError(f"initial_instructions names {unknown}, which are not among the "
-                             f"predictors optimized: {[n for n, _ in stages]}.")
-        return {name: given.get(name) or predictor.signature.instructions
-                for name, predictor in stages}
+            raise ValueError(
+                f"initial_instructions names {unknown}, which are not among the "
+                f"predictors optimized: {[n for n, _ in stages]}."
+            )
+        return {
+            name: given.get(name) or predictor.signature.instructions for name, predictor in stages
+        }
 
-    def _checked(self, which: str, examples: list[Any], inputs: list[str] | None,
-                 label: str | None) -> list[dspy.Example]:
+    def _checked(
+        self, which: str, examples: list[Any], inputs: list[str] | None, label: str | None
+    ) -> list[dspy.Example]:
         """Examples with the inputs the program needs (``inputs``: the one predictor's input
         fields; None: the examples' own ``with_inputs``) and the label the gradient targets."""
         checked = []
         for i, example in enumerate(examples):
             if inputs is None and not example._input_keys:
-                raise ValueError(f"Example {i} of the {which} does not say which fields are the "
-                                 f"program's inputs: use dspy.Example(...).with_inputs(...). "
-                                 f"{example}")
+                raise ValueError(
+                    f"Example {i} of the {which} does not say which fields are the "
+                    f"program's inputs: use dspy.Example(...).with_inputs(...). "
+                    f"{example}"
+                )
             missing = [k for k in inputs or [] if k not in example]
             if missing:
-                raise ValueError(f"Example {i} of the {which} lacks the input field(s) {missing} "
-                                 f"that the program needs: {example}")
+                raise ValueError(
+                    f"Example {i} of the {which} lacks the input field(s) {missing} "
+                    f"that the program needs: {example}"
+                )
             if label is not None and label not in example:
-                raise ValueError(f"Example {i} of the {which} has no {label!r}: GReaTer needs it "
-                                 f"as the gradient's target (and the metric compares it).")
+                raise ValueError(
+                    f"Example {i} of the {which} has no {label!r}: GReaTer needs it "
+                    f"as the gradient's target (and the metric compares it)."
+                )
             if not example._input_keys:
                 example = example.with_inputs(*inputs)
             checked.append(example)
@@ -533,11 +732,16 @@ class GReaTer(Teleprompter):
     @staticmethod
     def _split(trainset: list[dspy.Example]) -> list[dspy.Example]:
         if len(trainset) < 3:
-            raise ValueError("Without a valset GReaTer splits one off the trainset, which needs "
-                             f"at least 3 examples; got {len(trainset)}. Pass valset=.")
+            raise ValueError(
+                "Without a valset GReaTer splits one off the trainset, which needs "
+                f"at least 3 examples; got {len(trainset)}. Pass valset=."
+            )
         held = max(1, len(trainset) // 3)
-        logger.warning("No valset given: using the last %d of the %d training examples for "
-                       "validation.", held, len(trainset))
+        logger.warning(
+            "No valset given: using the last %d of the %d training examples for validation.",
+            held,
+            len(trainset),
+        )
         return trainset[-held:]
 
     def _engine(self, lm: Any, built: Iterable[_Engine]) -> _Engine:
@@ -553,14 +757,17 @@ class GReaTer(Teleprompter):
             reasoner = engine.reasoner
             path = self.gradient_model or getattr(reasoner, "model_path", None)
             if path is None:
-                raise GreaterError(f"{type(reasoner).__name__} names no model folder; pass "
-                                   "gradient_model= (the folder of the same weights).")
+                raise GreaterError(
+                    f"{type(reasoner).__name__} names no model folder; pass "
+                    "gradient_model= (the folder of the same weights)."
+                )
             path = os.fspath(path)
         elif self.gradient_model is None:
             raise GreaterError(
                 f"The LM {getattr(lm, 'model', lm)!r} is not a local engine, so GReaTer cannot "
                 "take gradients through it. Pass gradient_model= (a local folder of the same "
-                "weights, for a vLLM server) or task_lm=local_lm(...) to optimize on a local proxy.")
+                "weights, for a vLLM server) or task_lm=local_lm(...) to optimize on a local proxy."
+            )
         else:
             reasoner = ServerReasoner(lm, tokenizer=self.gradient_model)
             path = os.fspath(self.gradient_model)
@@ -569,8 +776,9 @@ class GReaTer(Teleprompter):
                 return _Engine(lm, reasoner, path, other.gradient)
         from .adapters.hf import HFGradientModel
 
-        return _Engine(lm, reasoner, path, HFGradientModel(path, dtype=self.dtype,
-                                                           device=self.device))
+        return _Engine(
+            lm, reasoner, path, HFGradientModel(path, dtype=self.dtype, device=self.device)
+        )
 
 
 @dataclass
@@ -607,27 +815,53 @@ class _ProgramScores:
     replaced (the others as they stand in ``program``); cached in ``cache_file``, keyed by every
     predictor's instructions."""
 
-    def __init__(self, program: dspy.Module, examples: list[dspy.Example], metric: Callable,
-                 lm: Any, adapter: Any, num_threads: int, max_errors: int,
-                 cache_file: Path | None) -> None:
+    def __init__(
+        self,
+        program: dspy.Module,
+        examples: list[dspy.Example],
+        metric: Callable,
+        lm: Any,
+        adapter: Any,
+        num_threads: int,
+        max_errors: int,
+        cache_file: Path | None,
+    ) -> None:
         self.program, self.examples, self.metric = program, examples, metric
-        self.lm, self.adapter, self.num_threads, self.max_errors = lm, adapter, num_threads, max_errors
+        self.lm, self.adapter, self.num_threads, self.max_errors = (
+            lm,
+            adapter,
+            num_threads,
+            max_errors,
+        )
         self.cache_file = cache_file
-        self.scores: dict[str, float] = (json.loads(cache_file.read_text())
-                                         if cache_file is not None and cache_file.exists() else {})
+        self.scores: dict[str, float] = (
+            json.loads(cache_file.read_text())
+            if cache_file is not None and cache_file.exists()
+            else {}
+        )
 
     def __call__(self, predictor: str, instructions: str) -> float:
-        key = json.dumps({n: instructions if n == predictor else p.signature.instructions
-                          for n, p in self.program.named_predictors()}, sort_keys=True)
+        key = json.dumps(
+            {
+                n: instructions if n == predictor else p.signature.instructions
+                for n, p in self.program.named_predictors()
+            },
+            sort_keys=True,
+        )
         if key not in self.scores:  # copy the program only to score it, not on a cache hit
             candidate = self.program.deepcopy()
             chosen = dict(candidate.named_predictors())[predictor]
             chosen.signature = chosen.signature.with_instructions(instructions)
             metric = lambda ex, pred, trace=None: metric_value(self.metric(ex, pred, trace))  # noqa: E731
             with dspy.context(lm=self.lm, adapter=self.adapter):
-                result = dspy.Evaluate(devset=self.examples, metric=metric,
-                                       num_threads=self.num_threads, display_progress=False,
-                                       max_errors=self.max_errors, failure_score=0.0)(candidate)
+                result = dspy.Evaluate(
+                    devset=self.examples,
+                    metric=metric,
+                    num_threads=self.num_threads,
+                    display_progress=False,
+                    max_errors=self.max_errors,
+                    failure_score=0.0,
+                )(candidate)
             self.scores[key] = sum(s for _, _, s in result.results) / len(self.examples)
             if self.cache_file is not None:
                 write_json_atomically(self.cache_file, self.scores)
@@ -635,12 +869,19 @@ class _ProgramScores:
 
 
 def _stage_json(stage: StageRun) -> dict[str, Any]:
-    return {"predictor": stage.predictor, "round": stage.round,
-            "start_instructions": stage.start_instructions, "instructions": stage.instructions,
-            "validation": stage.validation, "train_scores": stage.train_scores,
-            "validation_per_step": stage.validation_per_step,
-            "targets": stage.targets, "examples": stage.examples, "skipped": stage.skipped,
-            "model": stage.model}
+    return {
+        "predictor": stage.predictor,
+        "round": stage.round,
+        "start_instructions": stage.start_instructions,
+        "instructions": stage.instructions,
+        "validation": stage.validation,
+        "train_scores": stage.train_scores,
+        "validation_per_step": stage.validation_per_step,
+        "targets": stage.targets,
+        "examples": stage.examples,
+        "skipped": stage.skipped,
+        "model": stage.model,
+    }
 
 
 def _fmt(score: float | None, n: int) -> str:
@@ -658,14 +899,19 @@ def metric_identity(metric: Any) -> Any:
     function by its module, name and code; a ``functools.partial`` by its function and
     arguments; a callable object by its class and attributes. Never a memory address."""
     if isinstance(metric, functools.partial):
-        return {"partial": metric_identity(metric.func),
-                "args": [_stable(a) for a in metric.args],
-                "keywords": {k: _stable(v) for k, v in sorted(metric.keywords.items())}}
+        return {
+            "partial": metric_identity(metric.func),
+            "args": [_stable(a) for a in metric.args],
+            "keywords": {k: _stable(v) for k, v in sorted(metric.keywords.items())},
+        }
     if inspect.ismethod(metric):
         return {"method": metric_identity(metric.__func__), "of": _stable(metric.__self__)}
     code = getattr(metric, "__code__", None)
     if code is not None:
-        return {"function": f"{metric.__module__}.{metric.__qualname__}", "code": _code_digest(code)}
+        return {
+            "function": f"{metric.__module__}.{metric.__qualname__}",
+            "code": _code_digest(code),
+        }
     return {"callable": _stable(metric)}
 
 
@@ -715,22 +961,32 @@ def _plot(path: Path, stages: list[StageRun]) -> None:
     axes = figure.subplots()
     train, checked, offset = [], [], 0
     for stage in stages:
-        for i, (score, value) in enumerate(zip(stage.train_scores, stage.validation_per_step,
-                                               strict=True), offset + 1):
+        for i, (score, value) in enumerate(
+            zip(stage.train_scores, stage.validation_per_step, strict=True), offset + 1
+        ):
             train.append((i, score))
             if value is not None:
                 checked.append((i, value))
         if len(stages) > 1 and stage.history:
             axes.axvline(offset + 0.5, color="lightgrey")
-            axes.text(offset + 0.6, 0.02, stage.predictor, fontsize=7, rotation=90,
-                      transform=axes.get_xaxis_transform())
+            axes.text(
+                offset + 0.6,
+                0.02,
+                stage.predictor,
+                fontsize=7,
+                rotation=90,
+                transform=axes.get_xaxis_transform(),
+            )
         offset += len(stage.history)
     if train:
         axes.plot(*zip(*train), marker="o", label="train batch (metric)")
     if checked:
         axes.plot(*zip(*checked), marker="s", label="validation")
-    starts = [s.validation[s.start_instructions] for s in stages[:1]
-              if s.start_instructions in s.validation]
+    starts = [
+        s.validation[s.start_instructions]
+        for s in stages[:1]
+        if s.start_instructions in s.validation
+    ]
     if starts:
         axes.axhline(starts[0], color="grey", linestyle="--", label="start (validation)")
     axes.set_xlabel("step")

@@ -55,9 +55,15 @@ def passes(score: float | None, threshold: float | None) -> bool:
     return score >= threshold if threshold is not None else bool(score)
 
 
-def trace_program(program: dspy.Module, examples: Sequence[dspy.Example],
-                  metric: Callable[..., Any], *, threshold: float | None, num_threads: int,
-                  max_errors: int) -> TracedRuns:
+def trace_program(
+    program: dspy.Module,
+    examples: Sequence[dspy.Example],
+    metric: Callable[..., Any],
+    *,
+    threshold: float | None,
+    num_threads: int,
+    max_errors: int,
+) -> TracedRuns:
     """Run ``program`` on ``examples`` with DSPy's trace machinery. A forward that raises counts
     as a failure (as in ``dspy.Evaluate``); more than ``max_errors`` of them stop with the error."""
     from dspy.teleprompt.bootstrap_trace import FailedPrediction, bootstrap_trace_data
@@ -65,19 +71,32 @@ def trace_program(program: dspy.Module, examples: Sequence[dspy.Example],
     def numeric(example: Any, prediction: Any, trace: Any = None) -> float:
         return metric_value(metric(example, prediction, trace))
 
-    rows = bootstrap_trace_data(program, list(examples), numeric, num_threads=num_threads,
-                                raise_on_error=False, capture_crashes=True, failure_score=0.0)
+    rows = bootstrap_trace_data(
+        program,
+        list(examples),
+        numeric,
+        num_threads=num_threads,
+        raise_on_error=False,
+        capture_crashes=True,
+        failure_score=0.0,
+    )
     crashed = [row for row in rows if isinstance(row["prediction"], FailedPrediction)]
     if len(crashed) > max_errors:
         raise GreaterError(
             f"The program raised on {len(crashed)} of {len(rows)} training examples (more than "
             f"max_errors={max_errors}); the last: {crashed[-1]['prediction'].completion_text}. "
-            "Fix the program or raise max_errors.")
+            "Fix the program or raise max_errors."
+        )
     for row in crashed:
-        logger.warning("The program failed on %s: %s (scored 0).", row["example"],
-                       row["prediction"].completion_text)
-    scores = [0.0 if isinstance(row["prediction"], FailedPrediction) else float(row["score"] or 0)
-              for row in rows]
+        logger.warning(
+            "The program failed on %s: %s (scored 0).",
+            row["example"],
+            row["prediction"].completion_text,
+        )
+    scores = [
+        0.0 if isinstance(row["prediction"], FailedPrediction) else float(row["score"] or 0)
+        for row in rows
+    ]
     ran = [row for row in rows if not isinstance(row["prediction"], FailedPrediction)]
     passing = [row for row in ran if passes(float(row["score"] or 0), threshold)]
     return TracedRuns(ran, passing, scores, len(crashed))
@@ -89,7 +108,8 @@ def target_field(name: str, signature: Any) -> str:
     if len(outputs) != 2:
         raise ValueError(
             f"GReaTer reasons in one output field and targets another; predictor {name!r} has "
-            f"output fields {outputs}. Wrap it in dspy.ChainOfThought with one output field.")
+            f"output fields {outputs}. Wrap it in dspy.ChainOfThought with one output field."
+        )
     return outputs[1]
 
 
@@ -136,5 +156,8 @@ def label_examples(name: str, predictor: Any, runs: TracedRuns) -> list[dspy.Exa
     label of the same name (for the stage that writes the program's final answer)."""
     signature = predictor.signature
     target = target_field(name, signature)
-    return [_example(signature, inputs, target, row["example"][target])
-            for row, inputs, _ in _calls(predictor, runs.rows) if target in row["example"]]
+    return [
+        _example(signature, inputs, target, row["example"][target])
+        for row, inputs, _ in _calls(predictor, runs.rows)
+        if target in row["example"]
+    ]

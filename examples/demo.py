@@ -15,24 +15,32 @@ import argparse
 import time
 
 import dspy
+from dspy_greater.adapters.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
-from dspy_greater.adapters.lm import local_lm
 from dspy_greater.logs import configure_logging
 
 
 def accuracy(program: dspy.Module, examples: list[dspy.Example]) -> float:
-    result = dspy.Evaluate(devset=examples, metric=dspy_greater.bbh_metric, num_threads=32,
-                           display_progress=False, max_errors=len(examples) + 1)(program)
+    result = dspy.Evaluate(
+        devset=examples,
+        metric=dspy_greater.bbh_metric,
+        num_threads=32,
+        display_progress=False,
+        max_errors=len(examples) + 1,
+    )(program)
     return result.score / 100
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="causal_judgement",
-                        help=f"a shipped BBH task ({', '.join(dspy_greater.shipped_bbh_tasks())}) "
-                        "or the path of a BBH JSON file")
+    parser.add_argument(
+        "--task",
+        default="causal_judgement",
+        help=f"a shipped BBH task ({', '.join(dspy_greater.shipped_bbh_tasks())}) "
+        "or the path of a BBH JSON file",
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--test", type=int, default=60, help="test questions (never selected on)")
     parser.add_argument("--run-dir", default=None, help="keep the run here (default: a temp dir)")
@@ -50,8 +58,9 @@ def main() -> None:
     program = dspy_greater.bbh_program(examples, "Answer the question.")
 
     optimizer = GReaTer(metric=dspy_greater.bbh_metric, auto="light", steps=args.steps)
-    compiled = optimizer.compile(program, trainset=splits.train, valset=splits.dev,
-                                 run_dir=args.run_dir, resume=args.resume)
+    compiled = optimizer.compile(
+        program, trainset=splits.train, valset=splits.dev, run_dir=args.run_dir, resume=args.resume
+    )
     run = compiled.greater_run
 
     before, after = accuracy(program, test), accuracy(compiled, test)
@@ -60,13 +69,19 @@ def main() -> None:
     print(f"\nGReaTer on {args.task} with SmolLM2-135M-Instruct (CPU), {args.steps} steps")
     print(f"  start:     {run.start_instructions!r}")
     print(f"  optimized: {run.instructions!r}")
-    print(f"  validation ({run.validation_size} questions): "
-          f"{run.validation[run.start_instructions]:.2f} -> {run.validation[run.instructions]:.2f}")
-    print(f"  test ({n} questions, never used for selection): {before:.2f} ± {se(before, n):.2f} "
-          f"-> {after:.2f} ± {se(after, n):.2f}; majority-class rate "
-          f"{dspy_greater.majority_class_rate(test):.2f}")
-    print(f"  run directory: {run.run_dir} (scores.png, run.json); "
-          f"{time.perf_counter() - started:.0f} s in all")
+    print(
+        f"  validation ({run.validation_size} questions): "
+        f"{run.validation[run.start_instructions]:.2f} -> {run.validation[run.instructions]:.2f}"
+    )
+    print(
+        f"  test ({n} questions, never used for selection): {before:.2f} ± {se(before, n):.2f} "
+        f"-> {after:.2f} ± {se(after, n):.2f}; majority-class rate "
+        f"{dspy_greater.majority_class_rate(test):.2f}"
+    )
+    print(
+        f"  run directory: {run.run_dir} (scores.png, run.json); "
+        f"{time.perf_counter() - started:.0f} s in all"
+    )
 
 
 if __name__ == "__main__":  # vLLM starts worker processes with spawn: keep this guard

@@ -23,10 +23,10 @@ import time
 from typing import Any, Literal
 
 import dspy
+from dspy_greater.adapters.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
-from dspy_greater.adapters.lm import local_lm
 
 
 def answer_type(examples: list[dspy.Example]) -> Any:
@@ -39,12 +39,22 @@ class RestateThenAnswer(dspy.Module):
 
     def __init__(self, answer: Any) -> None:
         super().__init__()
-        self.restate = dspy.ChainOfThought(dspy.Signature(
-            {"question": (str, dspy.InputField()), "restatement": (str, dspy.OutputField())},
-            "Restate the question in plain words."))
-        self.answer = dspy.ChainOfThought(dspy.Signature(
-            {"question": (str, dspy.InputField()), "restatement": (str, dspy.InputField()),
-             "answer": (answer, dspy.OutputField())}, "Answer the question."))
+        self.restate = dspy.ChainOfThought(
+            dspy.Signature(
+                {"question": (str, dspy.InputField()), "restatement": (str, dspy.OutputField())},
+                "Restate the question in plain words.",
+            )
+        )
+        self.answer = dspy.ChainOfThought(
+            dspy.Signature(
+                {
+                    "question": (str, dspy.InputField()),
+                    "restatement": (str, dspy.InputField()),
+                    "answer": (answer, dspy.OutputField()),
+                },
+                "Answer the question.",
+            )
+        )
 
     def forward(self, question: str) -> dspy.Prediction:
         restatement = self.restate(question=question).restatement
@@ -56,12 +66,22 @@ class ExtractThenDecide(dspy.Module):
 
     def __init__(self, answer: Any) -> None:
         super().__init__()
-        self.extract = dspy.ChainOfThought(dspy.Signature(
-            {"question": (str, dspy.InputField()), "facts": (str, dspy.OutputField())},
-            "List the facts that decide the question."))
-        self.decide = dspy.ChainOfThought(dspy.Signature(
-            {"question": (str, dspy.InputField()), "facts": (str, dspy.InputField()),
-             "answer": (answer, dspy.OutputField())}, "Answer the question from the facts."))
+        self.extract = dspy.ChainOfThought(
+            dspy.Signature(
+                {"question": (str, dspy.InputField()), "facts": (str, dspy.OutputField())},
+                "List the facts that decide the question.",
+            )
+        )
+        self.decide = dspy.ChainOfThought(
+            dspy.Signature(
+                {
+                    "question": (str, dspy.InputField()),
+                    "facts": (str, dspy.InputField()),
+                    "answer": (answer, dspy.OutputField()),
+                },
+                "Answer the question from the facts.",
+            )
+        )
 
     def forward(self, question: str) -> dspy.Prediction:
         facts = self.extract(question=question).facts
@@ -72,8 +92,13 @@ PIPELINES = {"restate": RestateThenAnswer, "extract": ExtractThenDecide}
 
 
 def accuracy(program: dspy.Module, examples: list[dspy.Example]) -> float:
-    result = dspy.Evaluate(devset=examples, metric=dspy_greater.bbh_metric, num_threads=32,
-                           display_progress=False, max_errors=len(examples) + 1)(program)
+    result = dspy.Evaluate(
+        devset=examples,
+        metric=dspy_greater.bbh_metric,
+        num_threads=32,
+        display_progress=False,
+        max_errors=len(examples) + 1,
+    )(program)
     return result.score / 100
 
 
@@ -85,23 +110,39 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     pass_rate = accuracy(program, splits.train)
     run_dir = os.path.join(args.run_root, name) if args.run_root else None
-    optimizer = GReaTer(metric=dspy_greater.bbh_metric, auto="light", steps=args.steps,
-                        run_dir=run_dir)
-    compiled = optimizer.compile(program, trainset=splits.train, valset=splits.dev,
-                                 resume=bool(run_dir and os.path.exists(run_dir)))
+    optimizer = GReaTer(
+        metric=dspy_greater.bbh_metric, auto="light", steps=args.steps, run_dir=run_dir
+    )
+    compiled = optimizer.compile(
+        program,
+        trainset=splits.train,
+        valset=splits.dev,
+        resume=bool(run_dir and os.path.exists(run_dir)),
+    )
     before, after = accuracy(program, test), accuracy(compiled, test)
-    return {"pipeline": name, "task": args.task, "pass_rate": pass_rate,
-            "train": len(splits.train), "test_size": len(test), "before": before,
-            "after": after, "majority": dspy_greater.majority_class_rate(test),
-            "stages": compiled.greater_run.stages, "seconds": time.perf_counter() - started}
+    return {
+        "pipeline": name,
+        "task": args.task,
+        "pass_rate": pass_rate,
+        "train": len(splits.train),
+        "test_size": len(test),
+        "before": before,
+        "after": after,
+        "majority": dspy_greater.majority_class_rate(test),
+        "stages": compiled.greater_run.stages,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="both", choices=[*PIPELINES, "both"])
-    parser.add_argument("--task", default="sports_understanding",
-                        help=f"a shipped BBH task ({', '.join(dspy_greater.shipped_bbh_tasks())}) "
-                        "or the path of a BBH JSON file")
+    parser.add_argument(
+        "--task",
+        default="sports_understanding",
+        help=f"a shipped BBH task ({', '.join(dspy_greater.shipped_bbh_tasks())}) "
+        "or the path of a BBH JSON file",
+    )
     parser.add_argument("--steps", type=int, default=4, help="GReaTer steps per stage")
     parser.add_argument("--train", type=int, default=12)
     parser.add_argument("--dev", type=int, default=16)
@@ -118,22 +159,33 @@ def main() -> None:
     names = list(PIPELINES) if args.pipeline == "both" else [args.pipeline]
     results = [run(name, args) for name in names]
     se = dspy_greater.standard_error
-    print(f"\n| pipeline | task | passing on train | test: start | test: GReaTer | majority | "
-          "time |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| pipeline | task | passing on train | test: start | test: GReaTer | majority | "
+        "time |\n| --- | --- | --- | --- | --- | --- | --- |"
+    )
     for r in results:
         n = r["test_size"]
-        print(f"| {r['pipeline']} | {r['task']} | {r['pass_rate']:.2f} of {r['train']} | "
-              f"{r['before']:.3f} ± {se(r['before'], n):.3f} | {r['after']:.3f} ± "
-              f"{se(r['after'], n):.3f} | {r['majority']:.3f} | {r['seconds']:.0f} s |")
+        print(
+            f"| {r['pipeline']} | {r['task']} | {r['pass_rate']:.2f} of {r['train']} | "
+            f"{r['before']:.3f} ± {se(r['before'], n):.3f} | {r['after']:.3f} ± "
+            f"{se(r['after'], n):.3f} | {r['majority']:.3f} | {r['seconds']:.0f} s |"
+        )
     for r in results:
         print(f"\n{r['pipeline']}:")
         for stage in r["stages"]:
-            what = f"skipped: {stage.skipped}" if stage.skipped else (
-                f"{stage.examples} targets from {stage.targets}; validation "
-                f"{stage.validation[stage.start_instructions]:.3f} -> "
-                f"{stage.validation[stage.instructions]:.3f}")
-            print(f"  {stage.predictor}: {stage.start_instructions!r} -> "
-                  f"{stage.instructions!r} ({what})")
+            what = (
+                f"skipped: {stage.skipped}"
+                if stage.skipped
+                else (
+                    f"{stage.examples} targets from {stage.targets}; validation "
+                    f"{stage.validation[stage.start_instructions]:.3f} -> "
+                    f"{stage.validation[stage.instructions]:.3f}"
+                )
+            )
+            print(
+                f"  {stage.predictor}: {stage.start_instructions!r} -> "
+                f"{stage.instructions!r} ({what})"
+            )
 
 
 if __name__ == "__main__":  # vLLM starts worker processes with spawn: keep this guard

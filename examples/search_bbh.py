@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-import dspy_greater
 from dspy_greater.adapters.hf import HFGradientModel
 from dspy_greater.adapters.lm import make_reasoner
 from dspy_greater.adapters.same_model import check_same_model
+
+import dspy_greater
 from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
 from dspy_greater.search import GreaterConfig, run_greater
 
@@ -26,11 +27,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--examples", type=int, help="training examples (preset's default)")
     parser.add_argument("--tokens", type=int, help="reasoning tokens (preset's default)")
-    parser.add_argument("--placement", choices=["after_question", "before_question"],
-                        default="after_question")
+    parser.add_argument(
+        "--placement", choices=["after_question", "before_question"], default="after_question"
+    )
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto",
-                        help="reasoner: vLLM when installed (auto), or transformers")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "vllm", "hf"],
+        default="auto",
+        help="reasoner: vLLM when installed (auto), or transformers",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -51,18 +57,24 @@ def main() -> None:
     reasoner = make_reasoner(path, backend=args.backend, dtype=args.dtype)
     check_same_model(reasoner, model)
     result = run_greater(
-        train, initial_prompt=PAPER_PROMPT, config=config,
+        train,
+        initial_prompt=PAPER_PROMPT,
+        config=config,
         renderer=ChatTemplateRenderer(model.tokenizer, placement=args.placement),
         reasoner=reasoner,
         gradient_model=model,
     )
 
-    print(f"\nstart  score {result.initial_score.value:.3f} "
-          f"(mistakes {result.initial_score.mistake_rate:.2f}): {result.initial_prompt!r}")
+    print(
+        f"\nstart  score {result.initial_score.value:.3f} "
+        f"(mistakes {result.initial_score.mistake_rate:.2f}): {result.initial_prompt!r}"
+    )
     for h in result.history:
         timing = " ".join(f"{k} {v:.0f}s" for k, v in h.seconds.items())
-        print(f"step {h.step:>3} pos {h.position:>2} k={h.top_k:<3} {len(h.candidates):>3} cand. "
-              f"score {h.score_after:.3f} [{timing}]: {h.prompt_after!r}")
+        print(
+            f"step {h.step:>3} pos {h.position:>2} k={h.top_k:<3} {len(h.candidates):>3} cand. "
+            f"score {h.score_after:.3f} [{timing}]: {h.prompt_after!r}"
+        )
     print("\nbest prompts on the training examples (lower is better):")
     for text, _, score in result.top_prompts[:5]:
         print(f"  {score.value:.3f} (mistakes {score.mistake_rate:.2f}): {text!r}")

@@ -18,6 +18,7 @@ os.environ["DSPY_CACHEDIR"] = _CACHE
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_CACHE, ignore_errors=True)
 
+
 # The benchmark data beside the checkout (as CI lays it out), or where DSPY_GREATER_SHARED_DATA says.
 SHARED_DATA = Path(
     os.environ.get("DSPY_GREATER_SHARED_DATA")

@@ -32,15 +32,20 @@ PROMPTS = [
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_slot_span_is_exactly_the_prompt(tokenizer, placement, prompt):
     renderer = ChatTemplateRenderer(tokenizer, placement=placement)
-    example = QA("Is the following sentence plausible? \"Joao Moutinho caught the screen pass.\"", "no")
+    example = QA(
+        'Is the following sentence plausible? "Joao Moutinho caught the screen pass."', "no"
+    )
     context, slot = renderer.context(prompt, example)
     assert tokenizer.decode(context[slot]) == prompt
     # The span is what the whole rendered text tokenizes to: no token is shared with a neighbour.
-    full_text = tokenizer.apply_chat_template(renderer.conversation(prompt, example), tokenize=False,
-                                              add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(
+        renderer.conversation(prompt, example), tokenize=False, add_generation_prompt=True
+    )
     assert context == tuple(tokenizer(full_text, add_special_tokens=False)["input_ids"])
-    assert tokenizer.decode(context[: slot.start]) + prompt + tokenizer.decode(
-        context[slot.stop:]) == full_text
+    assert (
+        tokenizer.decode(context[: slot.start]) + prompt + tokenizer.decode(context[slot.stop :])
+        == full_text
+    )
     ids = renderer.encode_prompt(prompt, example)
     rendered = renderer.render(ids, example, reasoning_ids=(11, 12, 13))
     assert rendered.prompt_ids == ids
@@ -60,7 +65,8 @@ def test_ids_that_do_not_survive_a_round_trip_are_refused(tokenizer):
     renderer = ChatTemplateRenderer(tokenizer)
     example = QA("Q?", "yes")
     split_word = tuple(tokenizer(" the", add_special_tokens=False)["input_ids"]) + tuple(
-        tokenizer("re", add_special_tokens=False)["input_ids"])
+        tokenizer("re", add_special_tokens=False)["input_ids"]
+    )
     assert tokenizer.decode(list(split_word)) == " there"
     with pytest.raises(SlotError, match="round trip"):
         renderer.render(split_word, example)
@@ -87,6 +93,7 @@ def test_messages_render_to_the_context(tokenizer, placement):
     renderer = ChatTemplateRenderer(tokenizer, placement=placement)
     example = QA("Is Messi a footballer?", "yes")
     ids = renderer.encode_prompt("Think it through, then answer.", example)
-    [from_messages] = chat_prompt_ids(tokenizer, [renderer.messages(ids, example)],
-                                      continue_final_message=False)
+    [from_messages] = chat_prompt_ids(
+        tokenizer, [renderer.messages(ids, example)], continue_final_message=False
+    )
     assert tuple(from_messages) == renderer.render(ids, example).context

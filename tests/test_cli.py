@@ -17,14 +17,27 @@ from dspy_greater import cli as dspy_greater_cli
 from tests.conftest import broken_copy
 
 SCRIPT = Path(sys.executable).parent / "dspy-greater"
-TINY_RUN = ["--data", "sports_understanding", "--train", "4", "--dev", "4", "--test", "6",
-            "--max-tokens", "24", "--threads", "4"]
+TINY_RUN = [
+    "--data",
+    "sports_understanding",
+    "--train",
+    "4",
+    "--dev",
+    "4",
+    "--test",
+    "6",
+    "--max-tokens",
+    "24",
+    "--threads",
+    "4",
+]
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        [str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_the_script_is_installed_and_every_command_has_help():
@@ -33,8 +46,17 @@ def test_the_script_is_installed_and_every_command_has_help():
     assert top.returncode == 0 and "optimize" in top.stdout and "evaluate" in top.stdout
     assert "Exit codes" in top.stdout
     optimize = cli("optimize", "--help")
-    for option in ("--data", "--optimizer", "--model", "--run-dir", "--steps", "--train",
-                   "--seed", "--resume", "greater,copro,miprov2,gepa,none"):
+    for option in (
+        "--data",
+        "--optimizer",
+        "--model",
+        "--run-dir",
+        "--steps",
+        "--train",
+        "--seed",
+        "--resume",
+        "greater,copro,miprov2,gepa,none",
+    ):
         assert option in optimize.stdout, option
     evaluate = cli("evaluate", "--help")
     for option in ("--program", "--data", "--model", "--split", "--out"):
@@ -42,8 +64,15 @@ def test_the_script_is_installed_and_every_command_has_help():
 
 
 def test_bad_command_lines_are_named(tmp_path):
-    wrong = cli("optimize", "--data", "sports_understanding", "--optimizer", "adam",
-                "--run-dir", str(tmp_path / "run"))
+    wrong = cli(
+        "optimize",
+        "--data",
+        "sports_understanding",
+        "--optimizer",
+        "adam",
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
     assert wrong.returncode == 2
     assert "invalid choice: 'adam'" in wrong.stderr and "'miprov2'" in wrong.stderr
     missing = cli("optimize", "--data", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r"))
@@ -55,16 +84,24 @@ def test_bad_command_lines_are_named(tmp_path):
     assert shaped.returncode == 1 and "not a BBH task file" in shaped.stderr
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    unwritable = cli("optimize", "--data", "sports_understanding", "--run-dir",
-                     str(blocker / "run"))
+    unwritable = cli(
+        "optimize", "--data", "sports_understanding", "--run-dir", str(blocker / "run")
+    )
     assert unwritable.returncode == 1 and "Cannot write to" in unwritable.stderr
     no_program = cli("evaluate", "--program", str(tmp_path / "missing.json"))
     assert no_program.returncode == 1 and "No program at" in no_program.stderr
     run_dir_file = cli("optimize", "--data", "sports_understanding", "--run-dir", str(blocker))
     assert run_dir_file.returncode == 1 and "is a file, not a folder" in run_dir_file.stderr
     assert "Traceback" not in run_dir_file.stderr
-    no_gpu = cli("optimize", "--data", "sports_understanding", "--device", "cuda",
-                 "--run-dir", str(tmp_path / "gpu"))
+    no_gpu = cli(
+        "optimize",
+        "--data",
+        "sports_understanding",
+        "--device",
+        "cuda",
+        "--run-dir",
+        str(tmp_path / "gpu"),
+    )
     assert no_gpu.returncode == 1 and "no CUDA GPU" in no_gpu.stderr
 
 
@@ -86,11 +123,25 @@ def test_a_run_folder_from_another_run_is_refused(tmp_path, capsys, restore_dspy
     assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run)) == 0
     assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run)) == 1
     assert "already holds a run" in capsys.readouterr().err
-    assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--seed", "3", "--run-dir",
-                    str(run), "--resume") == 1
+    assert (
+        run_main(
+            "optimize",
+            *TINY_RUN,
+            "--optimizer",
+            "none",
+            "--seed",
+            "3",
+            "--run-dir",
+            str(run),
+            "--resume",
+        )
+        == 1
+    )
     assert "seed: 0 -> 3" in capsys.readouterr().err
-    assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run),
-                    "--resume") == 0
+    assert (
+        run_main("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run), "--resume")
+        == 0
+    )
     assert "is finished" in capsys.readouterr().out
 
 
@@ -119,8 +170,12 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings, vl
     the machine."""
     run = tmp_path / "run"
     args = ["optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "2", "--run-dir", str(run)]
-    interrupted = subprocess.run([sys.executable, "-c", INTERRUPTED_AFTER_FIRST_STEP, *args],
-                                 capture_output=True, text=True, timeout=600)
+    interrupted = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_AFTER_FIRST_STEP, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert interrupted.returncode == 130, interrupted.stderr[-2000:]
     assert "--resume" in interrupted.stderr
     assert not (run / "result.json").exists()
@@ -157,18 +212,30 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings, vl
     assert f"accuracy {out['accuracy']:.3f}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("optimizer, budget", [
-    ("copro", ["--candidates", "2", "--depth", "1"]),
-    ("miprov2", ["--candidates", "2", "--trials", "2"]),
-    ("gepa", ["--metric-calls", "12"]),
-])
-def test_dspy_optimizers_run_on_the_small_model(optimizer, budget, tmp_path, capsys,
-                                                restore_dspy_settings):
+@pytest.mark.parametrize(
+    "optimizer, budget",
+    [
+        ("copro", ["--candidates", "2", "--depth", "1"]),
+        ("miprov2", ["--candidates", "2", "--trials", "2"]),
+        ("gepa", ["--metric-calls", "12"]),
+    ],
+)
+def test_dspy_optimizers_run_on_the_small_model(
+    optimizer, budget, tmp_path, capsys, restore_dspy_settings
+):
     """COPRO, MIPROv2 (instruction-only) and GEPA run through the same command, proposing with
     the embedded model under the forced-extraction adapter (in this process: one engine)."""
     run = tmp_path / optimizer
-    code = run_main("optimize", *TINY_RUN, "--no-cache", "--optimizer", optimizer, *budget,
-                    "--run-dir", str(run))
+    code = run_main(
+        "optimize",
+        *TINY_RUN,
+        "--no-cache",
+        "--optimizer",
+        optimizer,
+        *budget,
+        "--run-dir",
+        str(run),
+    )
     assert code == 0, capsys.readouterr().err[-3000:]
     result = json.loads((run / "result.json").read_text())
     assert result["optimizer"] == optimizer and result["demos"] == 0
@@ -181,10 +248,34 @@ def test_evaluate_on_another_model(tiny_model, tmp_path, capsys, restore_dspy_se
     """Transfer: a saved program is scored on the model named by --model (here a tiny random
     Llama on the transformers backend), and the result says which model it was."""
     run = tmp_path / "run"
-    assert run_main("optimize", *TINY_RUN, "--optimizer", "none", "--no-cache",
-                    "--run-dir", str(run), "--instructions", "Be brief.") == 0
-    code = run_main("evaluate", "--program", str(run), "--model", str(tiny_model),
-                    "--backend", "hf", "--split", "dev", "--max-tokens", "8", "--no-cache")
+    assert (
+        run_main(
+            "optimize",
+            *TINY_RUN,
+            "--optimizer",
+            "none",
+            "--no-cache",
+            "--run-dir",
+            str(run),
+            "--instructions",
+            "Be brief.",
+        )
+        == 0
+    )
+    code = run_main(
+        "evaluate",
+        "--program",
+        str(run),
+        "--model",
+        str(tiny_model),
+        "--backend",
+        "hf",
+        "--split",
+        "dev",
+        "--max-tokens",
+        "8",
+        "--no-cache",
+    )
     assert code == 0, capsys.readouterr().err[-3000:]
     out = json.loads((run / f"evaluate-dev-{tiny_model.name}.json").read_text())
     assert out["model"] == str(tiny_model) and out["n"] == 4 and out["split"] == "dev"
@@ -192,19 +283,26 @@ def test_evaluate_on_another_model(tiny_model, tmp_path, capsys, restore_dspy_se
     assert out["generations"] >= 4  # the tiny model itself answered
 
 
-@pytest.mark.parametrize("content, says", [
-    ("", "not JSON"),
-    ("some notes, not a program", "not JSON"),
-    (json.dumps({"rows": [1, 2]}), "should hold the predictor(s) ['predict'], and holds ['rows']"),
-    (json.dumps([{"predict": {}}]), "and holds list"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ("", "not JSON"),
+        ("some notes, not a program", "not JSON"),
+        (
+            json.dumps({"rows": [1, 2]}),
+            "should hold the predictor(s) ['predict'], and holds ['rows']",
+        ),
+        (json.dumps([{"predict": {}}]), "and holds list"),
+    ],
+)
 def test_evaluate_refuses_a_file_that_is_not_a_program_before_any_engine(content, says, tmp_path):
     program = tmp_path / "program.json"
     program.write_text(content)
-    done = cli("evaluate", "--program", str(program), "--data", "sports_understanding",
-               timeout=60)
+    done = cli("evaluate", "--program", str(program), "--data", "sports_understanding", timeout=60)
     assert done.returncode == 1, done.stderr[-2000:]
-    assert "is not a program saved by `dspy-greater optimize`" in done.stderr and says in done.stderr
+    assert (
+        "is not a program saved by `dspy-greater optimize`" in done.stderr and says in done.stderr
+    )
     assert "Starting the vLLM engine" not in done.stderr and "Traceback" not in done.stderr
 
 
@@ -214,9 +312,18 @@ def test_evaluate_exits_1_when_the_engine_cannot_start(smollm2, tmp_path):
     from dspy_greater.loaders import load_task
 
     load_task("sports_understanding").program().save(str(tmp_path / "program.json"))
-    done = cli("evaluate", "--program", str(tmp_path / "program.json"), "--data",
-               "sports_understanding", "--test", "2", "--model",
-               str(broken_copy(smollm2, tmp_path / "broken")), timeout=240)
+    done = cli(
+        "evaluate",
+        "--program",
+        str(tmp_path / "program.json"),
+        "--data",
+        "sports_understanding",
+        "--test",
+        "2",
+        "--model",
+        str(broken_copy(smollm2, tmp_path / "broken")),
+        timeout=240,
+    )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "did not start" in done.stderr and "VLLM_CPU_KVCACHE_SPACE" in done.stderr
 
@@ -224,6 +331,7 @@ def test_evaluate_exits_1_when_the_engine_cannot_start(smollm2, tmp_path):
 def test_an_internal_error_shows_its_traceback(monkeypatch, tmp_path):
     """Errors the user can fix are one line; a bug (here a ValueError from inside) is not
     disguised as one: it surfaces with its traceback."""
+
     def broken(settings):
         raise ValueError("a bug in dspy-greater")
 
@@ -267,9 +375,22 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_leaves_no_engine_process(tmp_path):
     processes exist, while a 50-step run is far from its end."""
     run = tmp_path / "run"
     process = subprocess.Popen(
-        [str(SCRIPT), "optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "50",
-         "--no-cache", "--run-dir", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        [
+            str(SCRIPT),
+            "optimize",
+            *TINY_RUN,
+            "--optimizer",
+            "greater",
+            "--steps",
+            "50",
+            "--no-cache",
+            "--run-dir",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     engine: set[int] = set()
     deadline = time.monotonic() + 300
     while len(engine) < 2 and process.poll() is None and time.monotonic() < deadline:

@@ -113,5 +113,7 @@ def test_bbh_program_types_a_closed_answer_set_only():
     assert list(signature.output_fields) == ["reasoning", "answer"]
     assert typing.get_args(signature.output_fields["answer"].annotation) == ("no", "yes")
     open_ended = [dspy.Example(question=f"{n} + 1?", answer=str(n + 1)) for n in range(30)]
-    assert dspy_greater.bbh_program(open_ended).predict.signature.output_fields[
-        "answer"].annotation is str
+    assert (
+        dspy_greater.bbh_program(open_ended).predict.signature.output_fields["answer"].annotation
+        is str
+    )

@@ -12,11 +12,11 @@ from typing import Literal
 import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
-
-import dspy_greater
 from dspy_greater.adapters.base import chat_prompt_ids
 from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
 from dspy_greater.adapters.lm import LocalEngine, local_lm
+
+import dspy_greater
 from dspy_greater.errors import GreaterError, SlotError
 from dspy_greater.extract import (
     AdapterRenderer,
@@ -43,9 +43,11 @@ def lm(vllm_reasoner):
 
 @pytest.fixture(scope="module")
 def bbh(shared_bbh):
-    return {task: dspy_greater.load_bbh(shared_bbh / f"{task}.json")[:12]
-            for task in ("boolean_expressions", "sports_understanding", "causal_judgement")
-            if (shared_bbh / f"{task}.json").exists()} or pytest.skip("no BBH tasks")
+    return {
+        task: dspy_greater.load_bbh(shared_bbh / f"{task}.json")[:12]
+        for task in ("boolean_expressions", "sports_understanding", "causal_judgement")
+        if (shared_bbh / f"{task}.json").exists()
+    } or pytest.skip("no BBH tasks")
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -72,11 +74,14 @@ def test_after_inputs_moves_only_the_instructions():
 def test_the_continuation_forces_each_header_after_the_values_so_far():
     signature = dspy.ChainOfThought("question -> answer").predict.signature
     adapter = ForcedExtractionAdapter()
-    messages = adapter.continuation(signature, [], {"question": "q"},
-                                    {"reasoning": "Because."}, "answer")
+    messages = adapter.continuation(
+        signature, [], {"question": "q"}, {"reasoning": "Because."}, "answer"
+    )
     assert messages[:-1] == adapter.format(signature, [], {"question": "q"})
-    assert messages[-1] == {"role": "assistant",
-                            "content": "[[ ## reasoning ## ]]\nBecause.\n\n[[ ## answer ## ]]\n"}
+    assert messages[-1] == {
+        "role": "assistant",
+        "content": "[[ ## reasoning ## ]]\nBecause.\n\n[[ ## answer ## ]]\n",
+    }
 
 
 def test_the_chat_template_keeps_the_forced_newline(smollm2):
@@ -84,7 +89,9 @@ def test_the_chat_template_keeps_the_forced_newline(smollm2):
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     signature = dspy.ChainOfThought("question -> answer").predict.signature
-    messages = ForcedExtractionAdapter().continuation(signature, [], {"question": "q"}, {}, "reasoning")
+    messages = ForcedExtractionAdapter().continuation(
+        signature, [], {"question": "q"}, {}, "reasoning"
+    )
     [ids] = chat_prompt_ids(tokenizer, [messages], continue_final_message=True)
     assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n[[ ## reasoning ## ]]\n")
 
@@ -93,8 +100,9 @@ def test_a_template_that_strips_the_forced_newline_is_refused(smollm2, vllm_reas
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
-    tokenizer.chat_template = tokenizer.chat_template.replace("message['content']",
-                                                              "message['content'] | trim")
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "message['content']", "message['content'] | trim"
+    )
     stripping = type("Stripping", (), {"tokenizer": tokenizer})()
     lm = dspy.LM("local/stripping", engine=LocalEngine(stripping))
     with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
@@ -123,8 +131,13 @@ def test_parse_rate_and_types_on_bbh_through_evaluate(lm, bbh):
     assert len(devset) >= 24
     program = dspy.ChainOfThought("question -> answer")
     with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
-        result = dspy.Evaluate(devset=devset, metric=dspy_greater.bbh_metric, num_threads=16,
-                               max_errors=1, display_progress=False)(program)
+        result = dspy.Evaluate(
+            devset=devset,
+            metric=dspy_greater.bbh_metric,
+            num_threads=16,
+            max_errors=1,
+            display_progress=False,
+        )(program)
     answers = [prediction.answer for _, prediction, _ in result.results]
     parsed = sum(isinstance(a, str) for a in answers) / len(answers)
     assert parsed >= 0.99, answers
@@ -138,23 +151,31 @@ def test_constrained_closed_sets_always_give_a_value_of_the_type(lm, bbh):
         answers = [program(question=ex.question).answer for ex in examples]
     assert all(a in ("yes", "no") for a in answers), answers
     calls = lm.history[-2:]
-    assert calls[-1]["kwargs"]["response_format"]["json_schema"]["schema"] == {"enum": ["yes", "no"]}
+    assert calls[-1]["kwargs"]["response_format"]["json_schema"]["schema"] == {
+        "enum": ["yes", "no"]
+    }
 
 
 def test_unmappable_answers_are_wrong_answers_not_errors(lm, bbh):
     examples = bbh.get("sports_understanding") or pytest.skip("no sports_understanding")
     program = dspy.ChainOfThought(Sports)
     with dspy.context(lm=lm, adapter=ForcedExtractionAdapter(closed_sets="map")):
-        result = dspy.Evaluate(devset=examples, metric=dspy_greater.bbh_metric, num_threads=8,
-                               max_errors=1, display_progress=False)(program)
+        result = dspy.Evaluate(
+            devset=examples,
+            metric=dspy_greater.bbh_metric,
+            num_threads=8,
+            max_errors=1,
+            display_progress=False,
+        )(program)
     answers = [prediction.answer for _, prediction, _ in result.results]
     assert len(answers) == len(examples)  # max_errors=1 did not stop the evaluation
     assert all(a in ("yes", "no", None) for a in answers)
     unmapped = [ex for ex, a in zip(examples, answers) if a is None]
     if not unmapped:
         pytest.skip("SmolLM2 named a label every time; nothing unmappable to check")
-    with dspy.context(lm=lm, adapter=ForcedExtractionAdapter(closed_sets="map",
-                                                             on_unparsable="raise")):
+    with dspy.context(
+        lm=lm, adapter=ForcedExtractionAdapter(closed_sets="map", on_unparsable="raise")
+    ):
         with pytest.raises(AdapterParseError, match="answer"):  # DSPy's own failure path
             program(question=unmapped[0].question)
 
@@ -174,11 +195,15 @@ def test_several_typed_fields_are_written_in_order(lm):
         with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
             prediction = dspy.Predict(Review)(sentence="I loved this film, five stars.")
     # Called as DSPy 3.4's own adapters call the LM: no deprecated path warns.
-    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)
-                and "DSPy" in str(w.message)], [str(w.message) for w in caught]
+    assert not [
+        w for w in caught if issubclass(w.category, DeprecationWarning) and "DSPy" in str(w.message)
+    ], [str(w.message) for w in caught]
     new = lm.history[calls:]
     assert [m["messages"][-1]["content"].rsplit("\n", 2)[-2] for m in new] == [
-        "[[ ## summary ## ]]", "[[ ## positive ## ]]", "[[ ## stars ## ]]"]
+        "[[ ## summary ## ]]",
+        "[[ ## positive ## ]]",
+        "[[ ## stars ## ]]",
+    ]
     assert isinstance(prediction.summary, str)
     assert isinstance(prediction.positive, bool)  # constrained: always a bool
     assert prediction.stars is None or isinstance(prediction.stars, int)
@@ -213,8 +238,13 @@ def test_several_completions_are_sampled_one_pass_each(lm):
 
 def test_header_like_text_in_a_value_does_not_confuse_it(lm):
     question = "What does '[[ ## answer ## ]]' mean in a DSPy prompt?"
-    demos = [dspy.Example(question="Say [[ ## answer ## ]] twice.",
-                          reasoning="Copy it: [[ ## answer ## ]] [[ ## answer ## ]]", answer="ok")]
+    demos = [
+        dspy.Example(
+            question="Say [[ ## answer ## ]] twice.",
+            reasoning="Copy it: [[ ## answer ## ]] [[ ## answer ## ]]",
+            answer="ok",
+        )
+    ]
     program = dspy.ChainOfThought("question -> answer")
     program.predict.demos = demos
     with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
@@ -236,8 +266,13 @@ def test_a_module_with_two_predictors(lm, bbh):
 
     devset = next(iter(bbh.values()))[:6]
     with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
-        result = dspy.Evaluate(devset=devset, metric=dspy_greater.bbh_metric, num_threads=6,
-                               max_errors=1, display_progress=False)(TwoSteps())
+        result = dspy.Evaluate(
+            devset=devset,
+            metric=dspy_greater.bbh_metric,
+            num_threads=6,
+            max_errors=1,
+            display_progress=False,
+        )(TwoSteps())
     assert all(isinstance(p.answer, str) for _, p, _ in result.results)
 
 
@@ -259,14 +294,36 @@ def test_a_transformers_engine_cannot_constrain(smollm2):
 class _RefusingServer(http.server.BaseHTTPRequestHandler):
     """An OpenAI-style endpoint that, like OpenAI's, refuses vLLM's continuation keys."""
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         bad = [k for k in ("continue_final_message", "add_generation_prompt") if k in body]
-        status, payload = (400, {"error": {"message": f"Unrecognized request argument supplied: "
-                                           f"{bad[0]}", "type": "invalid_request_error"}}) if bad \
-            else (200, {"id": "x", "object": "chat.completion", "model": "m", "choices": [
-                {"index": 0, "finish_reason": "stop",
-                 "message": {"role": "assistant", "content": "ok"}}]})
+        status, payload = (
+            (
+                400,
+                {
+                    "error": {
+                        "message": f"Unrecognized request argument supplied: {bad[0]}",
+                        "type": "invalid_request_error",
+                    }
+                },
+            )
+            if bad
+            else (
+                200,
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "model": "m",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "ok"},
+                        }
+                    ],
+                },
+            )
+        )
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -282,8 +339,13 @@ def test_an_lm_that_cannot_continue_is_named_with_the_lms_that_can():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        lm = dspy.LM("openai/m", api_base=f"http://127.0.0.1:{server.server_port}/v1",
-                     api_key="none", num_retries=0, cache=False)
+        lm = dspy.LM(
+            "openai/m",
+            api_base=f"http://127.0.0.1:{server.server_port}/v1",
+            api_key="none",
+            num_retries=0,
+            cache=False,
+        )
         with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
             with pytest.raises(CannotContinue, match="local_lm.*vllm serve"):
                 dspy.Predict("question -> answer")(question="Hi?")
@@ -314,14 +376,21 @@ def test_the_renderer_scores_exactly_what_the_adapter_generates(smollm2, bbh):
             continue
         generated = dspy.Example(question=example.question, answer=prediction.answer)
         prompt_ids = renderer.encode_prompt(prompt, generated)
-        reasoning_ids = reasoner.tokenizer(prediction.reasoning, add_special_tokens=False)["input_ids"]
+        reasoning_ids = reasoner.tokenizer(prediction.reasoning, add_special_tokens=False)[
+            "input_ids"
+        ]
         item = renderer.render(prompt_ids, generated, reasoning_ids)
         assert reasoner.tokenizer.decode(item.prompt_ids) == prompt
         assert reasoner.tokenizer.decode(item.ids[item.reasoning]).strip() == prediction.reasoning
         assert reasoner.tokenizer.decode(item.ids[item.extractor]).strip() == "[[ ## answer ## ]]"
         # The context is what the adapter's answer call sent, token for token.
-        messages = adapter.continuation(program.predict.signature, [], {"question": example.question},
-                                        {"reasoning": prediction.reasoning}, "answer")
+        messages = adapter.continuation(
+            program.predict.signature,
+            [],
+            {"question": example.question},
+            {"reasoning": prediction.reasoning},
+            "answer",
+        )
         [sent] = chat_prompt_ids(reasoner.tokenizer, [messages], continue_final_message=True)
         assert list(item.ids[: item.answer.start]) == sent
         rendered.append(item)
@@ -334,8 +403,9 @@ def test_the_renderer_needs_a_reasoning_and_an_answer_field(smollm2):
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     with pytest.raises(SlotError, match="ChainOfThought"):
-        AdapterRenderer(dspy.Predict("question -> answer").signature, tokenizer,
-                        ForcedExtractionAdapter())
+        AdapterRenderer(
+            dspy.Predict("question -> answer").signature, tokenizer, ForcedExtractionAdapter()
+        )
 
 
 @pytest.mark.parametrize("instructions", ["system", "after_inputs"])
@@ -346,15 +416,31 @@ def test_the_search_runs_on_the_adapter_renderer(tiny_model, instructions):
 
     model = HFGradientModel(tiny_model)
     signature = dspy.ChainOfThought("question -> answer").predict.signature
-    renderer = AdapterRenderer(signature, model.tokenizer,
-                               ForcedExtractionAdapter(instructions=instructions))
-    examples = [dspy.Example(question=f"Is {n} even?", answer="yes" if n % 2 == 0 else "no")
-                for n in range(4)]
-    config = GreaterConfig(steps=2, top_k=6, subset_size=2, num_subsets=2,
-                           max_reasoning_tokens=6, seed=0, max_prompt_tokens=8)
-    result = run_greater(examples, initial_prompt="Think step by step.", config=config,
-                         renderer=renderer, reasoner=HFReasoner(tiny_model, batch_size=4),
-                         gradient_model=model, progress=False)
+    renderer = AdapterRenderer(
+        signature, model.tokenizer, ForcedExtractionAdapter(instructions=instructions)
+    )
+    examples = [
+        dspy.Example(question=f"Is {n} even?", answer="yes" if n % 2 == 0 else "no")
+        for n in range(4)
+    ]
+    config = GreaterConfig(
+        steps=2,
+        top_k=6,
+        subset_size=2,
+        num_subsets=2,
+        max_reasoning_tokens=6,
+        seed=0,
+        max_prompt_tokens=8,
+    )
+    result = run_greater(
+        examples,
+        initial_prompt="Think step by step.",
+        config=config,
+        renderer=renderer,
+        reasoner=HFReasoner(tiny_model, batch_size=4),
+        gradient_model=model,
+        progress=False,
+    )
     assert len(result.history) == 2
     assert result.initial_prompt == "Think step by step."
     # The best prompt renders as the signature's instructions, wherever they are placed.

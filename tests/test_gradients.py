@@ -6,8 +6,8 @@ import random
 
 import pytest
 import torch
-
 from dspy_greater.adapters.hf import HFGradientModel
+
 from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
 from dspy_greater.search import readable_tokens
 
@@ -22,8 +22,9 @@ def full_precision(model: HFGradientModel) -> HFGradientModel:
     so finite differences are not drowned by float32 rounding."""
     for module in model.model.modules():
         if type(module).__name__.endswith("RMSNorm"):
-            module.forward = lambda x, m=module: m.weight * (
-                x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + m.variance_epsilon))
+            module.forward = lambda x, m=module: (
+                m.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + m.variance_epsilon))
+            )
     return model
 
 
@@ -33,10 +34,14 @@ def _rendered(model: HFGradientModel, n: int = 2, reasoning_len: int = 12):
     allowed = sorted(readable_tokens(model.vocab, model.special_ids))
     examples = [QA("Is the sky blue on a clear day?", "yes"), QA("Is 7 an even number?", "no")][:n]
     prompt = renderer.encode_prompt(PAPER_PROMPT, examples[0])
-    return renderer, prompt, [
-        renderer.render(prompt, ex, [rng.choice(allowed) for _ in range(reasoning_len)])
-        for ex in examples
-    ]
+    return (
+        renderer,
+        prompt,
+        [
+            renderer.render(prompt, ex, [rng.choice(allowed) for _ in range(reasoning_len)])
+            for ex in examples
+        ],
+    )
 
 
 @pytest.mark.parametrize("position", [0, 4, -1])
@@ -52,8 +57,10 @@ def test_one_hot_gradient_matches_finite_differences(tiny_model, position):
 
     def loss(weights: torch.Tensor) -> float:
         with torch.no_grad():
-            return sum(float(model.relaxed_loss(ex, position, candidates, weights, **loss_args))
-                       for ex in rendered)
+            return sum(
+                float(model.relaxed_loss(ex, position, candidates, weights, **loss_args))
+                for ex in rendered
+            )
 
     base = torch.zeros(len(candidates), dtype=torch.float64)
     base[candidates.index(current)] = 1.0
@@ -77,15 +84,19 @@ def test_one_hot_at_a_candidate_is_exact_substitution(tiny_model):
     other = next(c for c in candidates if c != prompt[position])
     weights = torch.zeros(len(candidates), dtype=torch.float64)
     weights[candidates.index(other)] = 1.0
-    swapped_ids = ex.ids[: ex.slot.start + position] + (other,) + ex.ids[ex.slot.start + position + 1:]
+    swapped_ids = (
+        ex.ids[: ex.slot.start + position] + (other,) + ex.ids[ex.slot.start + position + 1 :]
+    )
     swapped = type(ex)(swapped_ids, ex.slot, ex.reasoning, ex.extractor, ex.answer)
     current = torch.zeros_like(weights)
     current[candidates.index(swapped.prompt_ids[position])] = 1.0
     with torch.no_grad():
-        relaxed = model.relaxed_loss(ex, position, candidates, weights,
-                                     answer_temperature=0.2, fluency_weight=0.2)
-        exact = model.relaxed_loss(swapped, position, candidates, current,
-                                   answer_temperature=0.2, fluency_weight=0.2)
+        relaxed = model.relaxed_loss(
+            ex, position, candidates, weights, answer_temperature=0.2, fluency_weight=0.2
+        )
+        exact = model.relaxed_loss(
+            swapped, position, candidates, current, answer_temperature=0.2, fluency_weight=0.2
+        )
     assert float(relaxed) == pytest.approx(float(exact), rel=1e-12)
 
 
@@ -101,8 +112,9 @@ def test_nan_loss_names_the_example(tiny_model, tmp_path):
     model.model.set_input_embeddings(torch.nn.Embedding.from_pretrained(weight))
     model._embeddings = model.model.get_input_embeddings().weight
     with pytest.raises(FloatingPointError, match="example 1"):
-        model.candidate_gradients(rendered, 0, [prompt[0]], answer_temperature=0.2,
-                                  fluency_weight=0.2)
+        model.candidate_gradients(
+            rendered, 0, [prompt[0]], answer_temperature=0.2, fluency_weight=0.2
+        )
 
 
 def _spearman(a, b) -> float:
@@ -117,12 +129,15 @@ def test_gradient_ranks_candidates_like_exact_substitution_on_smollm2(smollm2, r
     The linearisation is rough (the answer loss runs at temperature 0.2), so we ask for what GReaTer
     needs: across prompt positions the rank correlation is positive on average (chance is 0).
     """
-    import dspy_greater
     from dspy_greater.adapters.hf import HFReasoner
+
+    import dspy_greater
 
     model = HFGradientModel(smollm2)
     renderer = ChatTemplateRenderer(model.tokenizer)
-    examples = dspy_greater.split(dspy_greater.load_bbh("sports_understanding"), train=4, dev=0).train
+    examples = dspy_greater.split(
+        dspy_greater.load_bbh("sports_understanding"), train=4, dev=0
+    ).train
     prompt = renderer.encode_prompt(PAPER_PROMPT, examples[0])
     contexts = [renderer.render(prompt, ex).context for ex in examples]
     reasonings = HFReasoner(smollm2, batch_size=4).generate(contexts, max_new_tokens=32)
@@ -140,11 +155,17 @@ def test_gradient_ranks_candidates_like_exact_substitution_on_smollm2(smollm2, r
             weights = torch.zeros(len(candidates))
             weights[j] = 1.0
             with torch.no_grad():
-                exact.append(sum(float(model.relaxed_loss(ex, position, candidates, weights,
-                                                          **loss_args)) for ex in rendered))
+                exact.append(
+                    sum(
+                        float(model.relaxed_loss(ex, position, candidates, weights, **loss_args))
+                        for ex in rendered
+                    )
+                )
         correlations.append(_spearman(gradients, exact))
     mean = sum(correlations) / len(correlations)
     record_property("spearman_per_position", [round(c, 3) for c in correlations])
-    print(f"gradient vs exact loss, Spearman per position: {[round(c, 3) for c in correlations]}, "
-          f"mean {mean:.3f}")
+    print(
+        f"gradient vs exact loss, Spearman per position: {[round(c, 3) for c in correlations]}, "
+        f"mean {mean:.3f}"
+    )
     assert mean > 0.05

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from dspy_greater.adapters.base import Reasoner
 from dspy_greater.adapters.hf import HFReasoner
+
 from dspy_greater.errors import DeviceUnavailable
 
 CONV = [{"role": "user", "content": "Name a colour."}]
@@ -14,7 +14,11 @@ CONV = [{"role": "user", "content": "Name a colour."}]
 def test_batched_generation_equals_one_at_a_time(tiny_model):
     reasoner = HFReasoner(tiny_model, batch_size=3)
     assert isinstance(reasoner, Reasoner)
-    conversations = [CONV, [{"role": "user", "content": "A much longer question, padded left?"}], CONV]
+    conversations = [
+        CONV,
+        [{"role": "user", "content": "A much longer question, padded left?"}],
+        CONV,
+    ]
     batched = reasoner.chat(conversations, max_new_tokens=6)
     single = [reasoner.chat([c], max_new_tokens=6)[0] for c in conversations]
     assert [c.token_ids for c in batched] == [c.token_ids for c in single]
@@ -26,7 +30,8 @@ def test_continue_final_message_continues_the_assistant_text(smollm2):
     reasoner = HFReasoner(smollm2)
     partial = CONV + [{"role": "assistant", "content": "My favourite colour is"}]
     prompt = reasoner.tokenizer.apply_chat_template(
-        partial, tokenize=False, continue_final_message=True)
+        partial, tokenize=False, continue_final_message=True
+    )
     assert prompt.endswith("My favourite colour is")
     [continued] = reasoner.chat([partial], max_new_tokens=4, continue_final_message=True)
     [fresh] = reasoner.chat([CONV], max_new_tokens=4)

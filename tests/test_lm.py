@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import copy
-
 from concurrent.futures import ThreadPoolExecutor
 
 import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
-
 from dspy_greater.adapters.hf import HFReasoner
 from dspy_greater.adapters.lm import LocalEngine, local_lm, make_reasoner
 
@@ -34,8 +32,10 @@ def test_a_dspy_program_runs_on_the_local_lm(lm):
 
 
 def test_continuing_an_assistant_message_through_dspy(lm, vllm_reasoner):
-    messages = [{"role": "user", "content": "What is the capital of France?"},
-                {"role": "assistant", "content": "The capital of France is"}]
+    messages = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is"},
+    ]
     [text] = lm(messages=messages)
     [direct] = vllm_reasoner.chat([messages], max_new_tokens=16, continue_final_message=True)
     assert text == direct.text and "Paris" in text

@@ -26,8 +26,11 @@ def test_every_bbh_file_loads_with_the_protocol_splits(shared_bbh):
         assert task.inputs == ("question",) and task.metric is bbh_metric
         assert set(task.splits.train[0].inputs().keys()) == {"question"}
     penguins = loaders.load_task(shared_bbh / "penguins_in_a_table.json")
-    assert [len(p) for p in (penguins.splits.train, penguins.splits.dev, penguins.splits.test)] \
-        == [29, 58, 59]
+    assert [len(p) for p in (penguins.splits.train, penguins.splits.dev, penguins.splits.test)] == [
+        29,
+        58,
+        59,
+    ]
     assert "uses 29 / 58 / 59" in penguins.protocol
     small = loaders.load_task(shared_bbh / "temporal_sequences.json", train=12, dev=24, seed=1)
     full = loaders.load_task(shared_bbh / "temporal_sequences.json", seed=1)
@@ -66,8 +69,10 @@ def test_folio_maps_unknown_to_uncertain(shared_data):
     task = loaders.load_task(shared_data / "folio", train=20, dev=10, test=50)
     assert (len(task.splits.train), len(task.splits.dev), len(task.splits.test)) == (20, 10, 50)
     assert task.splits.train == loaders.load_task(shared_data / "folio").splits.train[:20]
-    with pytest.raises(ValueError, match="folio's train split: Cannot take 2000 train "
-                                         "\\+ 100 dev examples from 1004"):
+    with pytest.raises(
+        ValueError,
+        match="folio's train split: Cannot take 2000 train \\+ 100 dev examples from 1004",
+    ):
         loaders.load_task(shared_data / "folio", train=2000)
     example = task.splits.train[0]
     assert set(example.inputs().keys()) == {"premises", "conclusion"}
@@ -77,29 +82,53 @@ def test_folio_maps_unknown_to_uncertain(shared_data):
     assert typing.get_args(signature.output_fields["answer"].annotation) == loaders.FOLIO_LABELS
 
 
-@pytest.mark.parametrize("said, gold, expected", [
-    ("1,000", "1000", True), ("$1,000.00", "1000", True), ("1000", "1,000", True),
-    ("16 - 3 - 4 = 9 eggs, so 9 * 2 = 18", "18", True), ("18 dollars", "18", True),
-    ("-5", "-5", True), ("5", "-5", False), ("18.5", "18", False), ("eighteen", "18", False),
-])
+@pytest.mark.parametrize(
+    "said, gold, expected",
+    [
+        ("1,000", "1000", True),
+        ("$1,000.00", "1000", True),
+        ("1000", "1,000", True),
+        ("16 - 3 - 4 = 9 eggs, so 9 * 2 = 18", "18", True),
+        ("18 dollars", "18", True),
+        ("-5", "-5", True),
+        ("5", "-5", False),
+        ("18.5", "18", False),
+        ("eighteen", "18", False),
+    ],
+)
 def test_gsm8k_metric_reads_the_last_number(said, gold, expected):
     example = dspy.Example(question="q", answer=gold).with_inputs("question")
     assert loaders.gsm8k_metric(example, dspy.Prediction(answer=said)) is expected
 
 
-@pytest.mark.parametrize("said, gold, expected", [
-    ("Uncertain", "Uncertain", True), ("Unknown", "Uncertain", True), ("true.", "True", True),
-    ("False, because", "False", True), ("True", "False", False), ("maybe", "Uncertain", False),
-])
+@pytest.mark.parametrize(
+    "said, gold, expected",
+    [
+        ("Uncertain", "Uncertain", True),
+        ("Unknown", "Uncertain", True),
+        ("true.", "True", True),
+        ("False, because", "False", True),
+        ("True", "False", False),
+        ("maybe", "Uncertain", False),
+    ],
+)
 def test_folio_metric(said, gold, expected):
     example = dspy.Example(premises="p", conclusion="c", answer=gold)
     assert loaders.folio_metric(example, dspy.Prediction(answer=said)) is expected
 
 
-@pytest.mark.parametrize("said, gold, expected", [
-    ("(A)", "(A)", True), ("A", "(A)", True), ("(B)", "(A)", False), ("Yes.", "Yes", True),
-    ("yes", "Yes", True), ("No", "Yes", False), ("1,000", "1000", True),
-])
+@pytest.mark.parametrize(
+    "said, gold, expected",
+    [
+        ("(A)", "(A)", True),
+        ("A", "(A)", True),
+        ("(B)", "(A)", False),
+        ("Yes.", "Yes", True),
+        ("yes", "Yes", True),
+        ("No", "Yes", False),
+        ("1,000", "1000", True),
+    ],
+)
 def test_bbh_metric_on_tricky_answers(said, gold, expected):
     example = dspy.Example(question="q", answer=gold)
     assert bbh_metric(example, dspy.Prediction(answer=said)) is expected

@@ -18,13 +18,16 @@ from tests.conftest import copy_model
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "system", "content": "Answer briefly."},
-     {"role": "user", "content": "Is 17 a prime number? Think step by step."}],
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Is 17 a prime number? Think step by step."},
+    ],
 ]
 
 
 def test_converted_model_has_a_chat_template_and_agrees_in_transformers_and_vllm(
-        smollm2, vllm_reasoner):
+    smollm2, vllm_reasoner
+):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -33,16 +36,18 @@ def test_converted_model_has_a_chat_template_and_agrees_in_transformers_and_vllm
     model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
     hf_tokens = []
     for conv in PROMPTS:
-        ids = tokenizer.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)
+        ids = tokenizer.apply_chat_template(
+            conv, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-        hf_tokens.append(out[0, ids["input_ids"].shape[1]:].tolist())
+        hf_tokens.append(out[0, ids["input_ids"].shape[1] :].tolist())
 
     # vLLM's own chat path (its tokenization of the template), not ours.
     from vllm import SamplingParams
 
-    outputs = vllm_reasoner.llm.chat(PROMPTS, SamplingParams(temperature=0, max_tokens=8),
-                                     use_tqdm=False)
+    outputs = vllm_reasoner.llm.chat(
+        PROMPTS, SamplingParams(temperature=0, max_tokens=8), use_tqdm=False
+    )
     vllm_tokens = [list(o.outputs[0].token_ids) for o in outputs]
     assert vllm_tokens == hf_tokens
     assert all(len(t) >= 1 for t in hf_tokens)
@@ -78,8 +83,9 @@ def _fake_model_dir(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("damage", ["none", "truncated", "missing file", "no manifest",
-                                    "bad manifest", "other model"])
+@pytest.mark.parametrize(
+    "damage", ["none", "truncated", "missing file", "no manifest", "bad manifest", "other model"]
+)
 def test_manifest_check_detects_damage(tmp_path, damage):
     folder = _fake_model_dir(tmp_path / "model")
     manifest = folder / models.MANIFEST_NAME
@@ -118,7 +124,9 @@ def test_killed_conversion_is_ignored_and_its_leftover_cleaned(tmp_path):
     models_dir = tmp_path / "models"
     child = subprocess.Popen(
         [sys.executable, "-c", "import dspy_greater; dspy_greater.default_model()"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 120
@@ -181,8 +189,9 @@ def small_filesystem(tmp_path):
     """A 200 MiB tmpfs: too small for the 538 MB weights (needs root; skipped otherwise)."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mount_point)],
-                             capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mount_point)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:

@@ -15,9 +15,20 @@ def test_wheel_contents_and_a_normal_install_import(tmp_path):
     # setuptools stages files in ./build and keeps what it staged before: start clean.
     shutil.rmtree(ROOT / "build", ignore_errors=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "dist"), str(ROOT)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
     )
     shutil.rmtree(ROOT / "build", ignore_errors=True)
     [wheel] = (tmp_path / "dist").glob("dspy_greater-*.whl")
@@ -31,19 +42,48 @@ def test_wheel_contents_and_a_normal_install_import(tmp_path):
 
     # Install the wheel alone into a folder and import it from elsewhere: no source tree around.
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                    str(target), str(wheel)], check=True, capture_output=True)
-    code = ("import dspy_greater.adapters.base as b, dspy_greater; "
-            "print(b.__file__); print(len(dspy_greater.load_bbh('sports_understanding')))")
-    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); "
-                          "import site; sys.path.extend(site.getsitepackages()); " + code],
-                         cwd=tmp_path, check=True, capture_output=True, text=True).stdout.split()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import dspy_greater.adapters.base as b, dspy_greater; "
+        "print(b.__file__); print(len(dspy_greater.load_bbh('sports_understanding')))"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(target)!r}); "
+            "import site; sys.path.extend(site.getsitepackages()); " + code,
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert out[0].startswith(str(target))
     assert out[1] == "250"
 
 
 def test_editable_install_maps_adapters(tmp_path):
-    out = subprocess.run([sys.executable, "-c",
-                          "import dspy_greater.adapters.hf as m; print(m.__file__)"],
-                         cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", "import dspy_greater.adapters.hf as m; print(m.__file__)"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert Path(out) == ROOT / "adapters" / "hf.py"

@@ -6,16 +6,23 @@ import json
 from dataclasses import asdict
 
 import pytest
-
 from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+
 from dspy_greater.chat_template import ChatTemplateRenderer
 from dspy_greater.errors import GreaterError
 from dspy_greater.rundir import GenerationStore, RunDir, RunDirMismatch
 from dspy_greater.search import GreaterConfig, run_greater
 from tests.test_search import TINY_EXAMPLES
 
-CONFIG = GreaterConfig(steps=3, top_k=6, subset_size=2, num_subsets=3, max_reasoning_tokens=6,
-                       seed=2, max_prompt_tokens=8)
+CONFIG = GreaterConfig(
+    steps=3,
+    top_k=6,
+    subset_size=2,
+    num_subsets=3,
+    max_reasoning_tokens=6,
+    seed=2,
+    max_prompt_tokens=8,
+)
 
 
 def test_generations_survive_a_reopen_and_a_torn_last_line(tmp_path):
@@ -44,9 +51,14 @@ def test_resuming_needs_the_same_config_and_schema(tmp_path):
 
 def test_a_killed_run_resumes_from_its_directory_to_the_same_result(tiny_model, tmp_path):
     model = HFGradientModel(tiny_model)
-    engines = dict(renderer=ChatTemplateRenderer(model.tokenizer),
-                   reasoner=HFReasoner(tiny_model, batch_size=4), gradient_model=model,
-                   config=CONFIG, progress=False, initial_prompt="Think step by step")
+    engines = dict(
+        renderer=ChatTemplateRenderer(model.tokenizer),
+        reasoner=HFReasoner(tiny_model, batch_size=4),
+        gradient_model=model,
+        config=CONFIG,
+        progress=False,
+        initial_prompt="Think step by step",
+    )
     whole = run_greater(TINY_EXAMPLES, **engines)
 
     class Killed(Exception):
@@ -58,15 +70,25 @@ def test_a_killed_run_resumes_from_its_directory_to_the_same_result(tiny_model, 
 
     run = RunDir(tmp_path / "run", asdict(CONFIG), resume=False)
     with pytest.raises(Killed):
-        run_greater(TINY_EXAMPLES, **engines, reasoning_cache=run.generations,
-                    on_checkpoint=run.save_state, on_step=kill_in_step_two)
+        run_greater(
+            TINY_EXAMPLES,
+            **engines,
+            reasoning_cache=run.generations,
+            on_checkpoint=run.save_state,
+            on_step=kill_in_step_two,
+        )
     run.close()
 
     run = RunDir(tmp_path / "run", asdict(CONFIG), resume=True)
     state = run.state()
     assert state is not None and state.steps_done == 2 and len(run.generations) > 0
-    resumed = run_greater(TINY_EXAMPLES, **engines, reasoning_cache=run.generations,
-                          on_checkpoint=run.save_state, state=state)
+    resumed = run_greater(
+        TINY_EXAMPLES,
+        **engines,
+        reasoning_cache=run.generations,
+        on_checkpoint=run.save_state,
+        state=state,
+    )
     run.close()
     strip_time = lambda r: [{**asdict(h), "seconds": None} for h in r.history]  # noqa: E731
     assert strip_time(resumed) == strip_time(whole)

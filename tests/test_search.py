@@ -6,9 +6,9 @@ import random
 from dataclasses import asdict
 
 import pytest
+from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
 
 import dspy_greater
-from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
 from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
 from dspy_greater.errors import DeviceUnavailable
 from dspy_greater.search import (
@@ -52,8 +52,13 @@ def test_propose_is_seeded_and_seeds_matter():
     rng = random.Random(42)
     ranked = [rng.sample(range(40), 20) for _ in range(12)]
     config = GreaterConfig(top_k=12, min_candidates=1, subset_size=3, num_subsets=2)
-    draw = lambda seed: propose(ranked, current=0, previous=None, config=config,  # noqa: E731
-                                rng=random.Random(seed))
+    draw = lambda seed: propose(
+        ranked,
+        current=0,
+        previous=None,
+        config=config,
+        rng=random.Random(seed),
+    )
     assert draw(1) == draw(1)
     assert len({tuple(draw(seed)[0]) for seed in range(8)}) > 1
 
@@ -74,18 +79,34 @@ class QA:
         self.question, self.answer = question, answer
 
 
-TINY_EXAMPLES = [QA("Is the sky blue?", "yes"), QA("Is fire cold?", "no"),
-                 QA("Do fish swim?", "yes"), QA("Can stones fly?", "no")]
+TINY_EXAMPLES = [
+    QA("Is the sky blue?", "yes"),
+    QA("Is fire cold?", "no"),
+    QA("Do fish swim?", "yes"),
+    QA("Can stones fly?", "no"),
+]
 
 
 def _tiny_run(tiny_model, seed, steps=3):
     model = HFGradientModel(tiny_model)
-    config = GreaterConfig(steps=steps, top_k=6, subset_size=2, num_subsets=3,
-                           max_reasoning_tokens=6, seed=seed, max_prompt_tokens=8)
-    return run_greater(TINY_EXAMPLES, initial_prompt="Think step by step", config=config,
-                       renderer=ChatTemplateRenderer(model.tokenizer),
-                       reasoner=HFReasoner(tiny_model, batch_size=4), gradient_model=model,
-                       progress=False)
+    config = GreaterConfig(
+        steps=steps,
+        top_k=6,
+        subset_size=2,
+        num_subsets=3,
+        max_reasoning_tokens=6,
+        seed=seed,
+        max_prompt_tokens=8,
+    )
+    return run_greater(
+        TINY_EXAMPLES,
+        initial_prompt="Think step by step",
+        config=config,
+        renderer=ChatTemplateRenderer(model.tokenizer),
+        reasoner=HFReasoner(tiny_model, batch_size=4),
+        gradient_model=model,
+        progress=False,
+    )
 
 
 def test_same_seed_same_result(tiny_model):
@@ -99,11 +120,23 @@ def test_same_seed_same_result(tiny_model):
 
 def test_an_interrupted_run_resumes_to_the_same_result(tiny_model):
     model = HFGradientModel(tiny_model)
-    config = GreaterConfig(steps=4, top_k=6, subset_size=2, num_subsets=3,
-                           max_reasoning_tokens=6, seed=1, max_prompt_tokens=8)
-    engines = dict(renderer=ChatTemplateRenderer(model.tokenizer),
-                   reasoner=HFReasoner(tiny_model, batch_size=4), gradient_model=model,
-                   config=config, progress=False, initial_prompt="Think step by step")
+    config = GreaterConfig(
+        steps=4,
+        top_k=6,
+        subset_size=2,
+        num_subsets=3,
+        max_reasoning_tokens=6,
+        seed=1,
+        max_prompt_tokens=8,
+    )
+    engines = dict(
+        renderer=ChatTemplateRenderer(model.tokenizer),
+        reasoner=HFReasoner(tiny_model, batch_size=4),
+        gradient_model=model,
+        config=config,
+        progress=False,
+        initial_prompt="Think step by step",
+    )
     whole = run_greater(TINY_EXAMPLES, **engines)
 
     class Stop(Exception):
@@ -115,8 +148,13 @@ def test_an_interrupted_run_resumes_to_the_same_result(tiny_model):
 
     states, cache = [], {}
     with pytest.raises(Stop):
-        run_greater(TINY_EXAMPLES, **engines, reasoning_cache=cache, on_checkpoint=states.append,
-                    on_step=stop_after_two)
+        run_greater(
+            TINY_EXAMPLES,
+            **engines,
+            reasoning_cache=cache,
+            on_checkpoint=states.append,
+            on_step=stop_after_two,
+        )
     assert [s.steps_done for s in states] == [0, 1, 2]
     resumed = run_greater(TINY_EXAMPLES, **engines, reasoning_cache=cache, state=states[-1])
     strip_time = lambda r: [{**asdict(h), "seconds": None} for h in r.history]  # noqa: E731
@@ -128,8 +166,15 @@ def test_a_custom_scorer_decides_the_selection(tiny_model):
     from dspy_greater.search import PromptScore
 
     model = HFGradientModel(tiny_model)
-    config = GreaterConfig(steps=2, top_k=6, subset_size=2, num_subsets=3,
-                           max_reasoning_tokens=4, seed=0, max_prompt_tokens=8)
+    config = GreaterConfig(
+        steps=2,
+        top_k=6,
+        subset_size=2,
+        num_subsets=3,
+        max_reasoning_tokens=4,
+        seed=0,
+        max_prompt_tokens=8,
+    )
     seen = []
 
     def longest_word_wins(prompt, rendered):  # lower is better: prefer long tokens
@@ -138,10 +183,16 @@ def test_a_custom_scorer_decides_the_selection(tiny_model):
         value = -max(len(w) for w in text.split())
         return PromptScore(0.0, 0.0, value)
 
-    result = run_greater(TINY_EXAMPLES, initial_prompt="Think step by step", config=config,
-                         renderer=ChatTemplateRenderer(model.tokenizer),
-                         reasoner=HFReasoner(tiny_model, batch_size=4), gradient_model=model,
-                         progress=False, scorer=longest_word_wins)
+    result = run_greater(
+        TINY_EXAMPLES,
+        initial_prompt="Think step by step",
+        config=config,
+        renderer=ChatTemplateRenderer(model.tokenizer),
+        reasoner=HFReasoner(tiny_model, batch_size=4),
+        gradient_model=model,
+        progress=False,
+        scorer=longest_word_wins,
+    )
     assert seen and set(seen) == {len(TINY_EXAMPLES[: config.num_examples])}
     for record in result.history:
         assert record.scores[record.selected] == min(record.scores.values())
@@ -153,10 +204,16 @@ def test_one_real_step_on_smollm2(smollm2):
     examples = dspy_greater.load_bbh("sports_understanding")[:4]
     config = GreaterConfig.cpu(steps=1, num_examples=4, max_reasoning_tokens=32)
     seen = []
-    result = run_greater(examples, initial_prompt=PAPER_PROMPT, config=config,
-                         renderer=ChatTemplateRenderer(model.tokenizer),
-                         reasoner=HFReasoner(smollm2, batch_size=4), gradient_model=model,
-                         on_step=seen.append, progress=False)
+    result = run_greater(
+        examples,
+        initial_prompt=PAPER_PROMPT,
+        config=config,
+        renderer=ChatTemplateRenderer(model.tokenizer),
+        reasoner=HFReasoner(smollm2, batch_size=4),
+        gradient_model=model,
+        on_step=seen.append,
+        progress=False,
+    )
     [step] = result.history
     assert seen == [step]
     initial_ids = ChatTemplateRenderer(model.tokenizer).encode_prompt(PAPER_PROMPT, examples[0])
@@ -173,8 +230,12 @@ def test_one_real_step_on_smollm2(smollm2):
 
 def test_bad_inputs_have_clear_errors(tiny_model, tmp_path):
     model = HFGradientModel(tiny_model)
-    engines = dict(renderer=ChatTemplateRenderer(model.tokenizer),
-                   reasoner=HFReasoner(tiny_model), gradient_model=model, progress=False)
+    engines = dict(
+        renderer=ChatTemplateRenderer(model.tokenizer),
+        reasoner=HFReasoner(tiny_model),
+        gradient_model=model,
+        progress=False,
+    )
     with pytest.raises(ValueError, match="at least 2 training examples"):
         run_greater(TINY_EXAMPLES[:1], initial_prompt="Think.", **engines)
     with pytest.raises(ValueError, match="at least 2 training examples"):
@@ -197,6 +258,12 @@ def test_a_run_refuses_a_reasoner_that_is_another_model(smollm2, tiny_model):
 
     model = HFGradientModel(tiny_model)  # SmolLM2's tokenizer, random weights
     with pytest.raises(ModelMismatch, match="not the same weights"):
-        run_greater(TINY_EXAMPLES, initial_prompt="Think step by step", config=GreaterConfig(steps=1),
-                    renderer=ChatTemplateRenderer(model.tokenizer), reasoner=HFReasoner(smollm2),
-                    gradient_model=model, progress=False)
+        run_greater(
+            TINY_EXAMPLES,
+            initial_prompt="Think step by step",
+            config=GreaterConfig(steps=1),
+            renderer=ChatTemplateRenderer(model.tokenizer),
+            reasoner=HFReasoner(smollm2),
+            gradient_model=model,
+            progress=False,
+        )

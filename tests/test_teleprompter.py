@@ -11,19 +11,30 @@ from pathlib import Path
 
 import dspy
 import pytest
-
-from dspy_greater import GReaTer, bbh_metric
 from dspy_greater.adapters.hf import HFReasoner
 from dspy_greater.adapters.lm import local_lm
 from dspy_greater.adapters.same_model import ModelMismatch
+
+from dspy_greater import GReaTer, bbh_metric
 from dspy_greater.errors import GreaterError
 from dspy_greater.extract import ForcedExtractionAdapter
 from dspy_greater.search import GreaterConfig
 
-TINY_CONFIG = GreaterConfig(steps=2, num_examples=4, top_k=6, subset_size=2, num_subsets=2,
-                            max_reasoning_tokens=6, max_prompt_tokens=8)
-DATA = [dspy.Example(question=f"Is {n} even?", answer="yes" if n % 2 == 0 else "no").with_inputs(
-    "question") for n in range(9)]
+TINY_CONFIG = GreaterConfig(
+    steps=2,
+    num_examples=4,
+    top_k=6,
+    subset_size=2,
+    num_subsets=2,
+    max_reasoning_tokens=6,
+    max_prompt_tokens=8,
+)
+DATA = [
+    dspy.Example(question=f"Is {n} even?", answer="yes" if n % 2 == 0 else "no").with_inputs(
+        "question"
+    )
+    for n in range(9)
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +43,13 @@ def tiny_lm(tiny_model):
 
 
 def _optimizer(**overrides):
-    settings = dict(metric=bbh_metric, config=TINY_CONFIG, progress=False,
-                    initial_instructions="Think step by step.", num_threads=4)
+    settings = dict(
+        metric=bbh_metric,
+        config=TINY_CONFIG,
+        progress=False,
+        initial_instructions="Think step by step.",
+        num_threads=4,
+    )
     return GReaTer(**{**settings, **overrides})
 
 
@@ -45,7 +61,8 @@ def test_compile_returns_a_copy_with_only_the_instructions_changed(tiny_lm, tmp_
     before = student.dump_state()
     with dspy.context(lm=tiny_lm):
         compiled = _optimizer(initial_instructions=None).compile(
-            student, trainset=DATA[:6], valset=DATA[6:], run_dir=tmp_path / "run")
+            student, trainset=DATA[:6], valset=DATA[6:], run_dir=tmp_path / "run"
+        )
     assert student.dump_state() == before  # the student is untouched
     run = compiled.greater_run
     assert run.start_instructions == docstring
@@ -61,7 +78,9 @@ def test_compile_returns_a_copy_with_only_the_instructions_changed(tiny_lm, tmp_
     state["predict"]["signature"]["instructions"] = before["predict"]["signature"]["instructions"]
     assert state == before  # nothing else changed
     stored = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert stored["schema"] == 2 and stored["result"]["instructions"] == {"predict": run.instructions}
+    assert stored["schema"] == 2 and stored["result"]["instructions"] == {
+        "predict": run.instructions
+    }
     assert (tmp_path / "run" / "scores.png").stat().st_size > 1000
     stage = tmp_path / "run" / "stages" / "0-predict"
     assert (stage / "generations.jsonl").read_text().count("\n") >= 4
@@ -70,8 +89,11 @@ def test_compile_returns_a_copy_with_only_the_instructions_changed(tiny_lm, tmp_
 def test_a_stopped_compile_resumes_to_the_same_result(tiny_lm, tmp_path):
     with dspy.context(lm=tiny_lm):
         whole = _optimizer(config=GreaterConfig(**{**TINY_CONFIG.__dict__, "steps": 3})).compile(
-            dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
-            run_dir=tmp_path / "whole")
+            dspy.ChainOfThought("question -> answer"),
+            trainset=DATA[:6],
+            valset=DATA[6:],
+            run_dir=tmp_path / "whole",
+        )
 
         class Stop(Exception):
             pass
@@ -83,20 +105,29 @@ def test_a_stopped_compile_resumes_to_the_same_result(tiny_lm, tmp_path):
         config = GreaterConfig(**{**TINY_CONFIG.__dict__, "steps": 3})
         with pytest.raises(Stop):
             _optimizer(config=config, on_step=stop).compile(
-                dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
-                run_dir=tmp_path / "stopped")
+                dspy.ChainOfThought("question -> answer"),
+                trainset=DATA[:6],
+                valset=DATA[6:],
+                run_dir=tmp_path / "stopped",
+            )
         resumed = _optimizer(config=config).compile(
-            dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
-            run_dir=tmp_path / "stopped", resume=True)
+            dspy.ChainOfThought("question -> answer"),
+            trainset=DATA[:6],
+            valset=DATA[6:],
+            run_dir=tmp_path / "stopped",
+            resume=True,
+        )
     assert resumed.greater_run.instructions == whole.greater_run.instructions
-    assert [r.prompt_after for r in resumed.greater_run.history] == \
-        [r.prompt_after for r in whole.greater_run.history]
+    assert [r.prompt_after for r in resumed.greater_run.history] == [
+        r.prompt_after for r in whole.greater_run.history
+    ]
     assert resumed.greater_run.validation == whole.greater_run.validation
 
 
 # -- on the embedded model ------------------------------------------------------------------
-SMOL_CONFIG = GreaterConfig(steps=1, num_examples=4, top_k=6, subset_size=2, num_subsets=2,
-                            max_reasoning_tokens=24)
+SMOL_CONFIG = GreaterConfig(
+    steps=1, num_examples=4, top_k=6, subset_size=2, num_subsets=2, max_reasoning_tokens=24
+)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +147,12 @@ def test_a_real_compile_saves_loads_and_reproduces_its_validation_score(smol_lm,
     train, val = sports
     optimizer = GReaTer(metric=bbh_metric, config=SMOL_CONFIG, progress=False, num_threads=1)
     with dspy.context(lm=smol_lm):
-        compiled = optimizer.compile(dspy.ChainOfThought("question -> answer"), trainset=train,
-                                     valset=val, run_dir=tmp_path / "run")
+        compiled = optimizer.compile(
+            dspy.ChainOfThought("question -> answer"),
+            trainset=train,
+            valset=val,
+            run_dir=tmp_path / "run",
+        )
     run = compiled.greater_run
     assert run.start_instructions == "Given the fields `question`, produce the fields `answer`."
     assert {r.prompt_after for r in run.history} - {run.start_instructions}  # it moved
@@ -127,8 +162,9 @@ def test_a_real_compile_saves_loads_and_reproduces_its_validation_score(smol_lm,
     loaded.load(tmp_path / "program.json")
     assert loaded.predict.signature.instructions == run.instructions
     with dspy.context(lm=smol_lm, adapter=ForcedExtractionAdapter()):
-        result = dspy.Evaluate(devset=val, metric=bbh_metric, num_threads=1,
-                               display_progress=False)(loaded)
+        result = dspy.Evaluate(
+            devset=val, metric=bbh_metric, num_threads=1, display_progress=False
+        )(loaded)
     assert result.score / 100 == pytest.approx(run.validation[run.instructions])
 
 
@@ -141,12 +177,16 @@ def test_the_metric_decides_the_selection(smol_lm, sports, tmp_path):
 
     chosen = {}
     for metric in (longer, shorter):
-        optimizer = GReaTer(metric=metric, config=SMOL_CONFIG, progress=False,
-                            validate_every_step=False)
+        optimizer = GReaTer(
+            metric=metric, config=SMOL_CONFIG, progress=False, validate_every_step=False
+        )
         with dspy.context(lm=smol_lm):
-            compiled = optimizer.compile(dspy.ChainOfThought("question -> answer"),
-                                         trainset=sports[0], valset=sports[1],
-                                         run_dir=tmp_path / metric.__name__)
+            compiled = optimizer.compile(
+                dspy.ChainOfThought("question -> answer"),
+                trainset=sports[0],
+                valset=sports[1],
+                run_dir=tmp_path / metric.__name__,
+            )
         history = compiled.greater_run.history
         chosen[metric.__name__] = [r.selected for r in history]
         for record in history:
@@ -187,8 +227,11 @@ def test_bad_input_is_named(tiny_lm, tmp_path):
 def test_a_gradient_model_other_than_the_reasoning_lm_is_refused(tiny_lm, smollm2, tmp_path):
     with dspy.context(lm=tiny_lm), pytest.raises(ModelMismatch, match="not the same weights"):
         _optimizer(gradient_model=smollm2).compile(
-            dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
-            run_dir=tmp_path / "run")
+            dspy.ChainOfThought("question -> answer"),
+            trainset=DATA[:6],
+            valset=DATA[6:],
+            run_dir=tmp_path / "run",
+        )
 
 
 def test_a_metric_that_keeps_raising_stops_the_run(tiny_lm, tmp_path):
@@ -198,13 +241,17 @@ def test_a_metric_that_keeps_raising_stops_the_run(tiny_lm, tmp_path):
     with dspy.context(lm=tiny_lm):
         with pytest.raises(GreaterError, match=r"metric raised [34] times.*max_errors=2"):
             _optimizer(metric=broken, max_errors=2).compile(
-                dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
-                run_dir=tmp_path / "run")
+                dspy.ChainOfThought("question -> answer"),
+                trainset=DATA[:6],
+                valset=DATA[6:],
+                run_dir=tmp_path / "run",
+            )
 
 
 def test_max_errors_counts_per_evaluation(tiny_lm, tmp_path):
     """A metric that raises on one example of the batch is one error in each scoring (as in
     dspy.Evaluate), not one more for the whole stage each time."""
+
     def raises_on_one(example, prediction, trace=None):
         if example.question == "Is 1 even?":
             raise KeyError("gold")
@@ -212,16 +259,22 @@ def test_max_errors_counts_per_evaluation(tiny_lm, tmp_path):
 
     with dspy.context(lm=tiny_lm):
         compiled = _optimizer(metric=raises_on_one, max_errors=1).compile(
-            dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
-            run_dir=tmp_path / "run")
+            dspy.ChainOfThought("question -> answer"),
+            trainset=DATA[:6],
+            valset=DATA[6:],
+            run_dir=tmp_path / "run",
+        )
     assert len(compiled.greater_run.history) == TINY_CONFIG.steps
 
 
 def test_one_predictor_over_two_rounds_reads_as_its_last_round(tiny_lm, tmp_path):
     with dspy.context(lm=tiny_lm):
         compiled = _optimizer(rounds=2).compile(
-            dspy.ChainOfThought("question -> answer"), trainset=DATA[:6], valset=DATA[6:],
-            run_dir=tmp_path / "run")
+            dspy.ChainOfThought("question -> answer"),
+            trainset=DATA[:6],
+            valset=DATA[6:],
+            run_dir=tmp_path / "run",
+        )
     run = compiled.greater_run
     first, last = run.stages
     assert (first.round, last.round) == (0, 1)
@@ -251,31 +304,47 @@ def test_the_same_metric_resumes_and_another_is_refused(tiny_lm, tmp_path):
 
     student = dspy.ChainOfThought("question -> answer")
     with dspy.context(lm=tiny_lm):
-        for metric, other in ((ThresholdMetric(1.0), ThresholdMetric(0.5)),
-                              (partial(scaled_metric, scale=1.0), partial(scaled_metric, scale=2.0))):
+        for metric, other in (
+            (ThresholdMetric(1.0), ThresholdMetric(0.5)),
+            (partial(scaled_metric, scale=1.0), partial(scaled_metric, scale=2.0)),
+        ):
             run_dir = tmp_path / type(metric).__name__
-            done = _optimizer(metric=metric).compile(student, trainset=DATA[:6], valset=DATA[6:],
-                                                     run_dir=run_dir)
-            again = _optimizer(metric=copy.deepcopy(metric)).compile(  # another object, equal
-                student, trainset=DATA[:6], valset=DATA[6:], run_dir=run_dir, resume=True)
+            done = _optimizer(metric=metric).compile(
+                student, trainset=DATA[:6], valset=DATA[6:], run_dir=run_dir
+            )
+            again = _optimizer(
+                metric=copy.deepcopy(metric)
+            ).compile(  # another object, equal
+                student, trainset=DATA[:6], valset=DATA[6:], run_dir=run_dir, resume=True
+            )
             assert again.greater_run.instructions == done.greater_run.instructions
             with pytest.raises(RunDirMismatch, match="metric"):
-                _optimizer(metric=other).compile(student, trainset=DATA[:6], valset=DATA[6:],
-                                                 run_dir=run_dir, resume=True)
+                _optimizer(metric=other).compile(
+                    student, trainset=DATA[:6], valset=DATA[6:], run_dir=run_dir, resume=True
+                )
 
 
 def test_a_metric_is_identified_alike_in_every_process():
     """What the run identity stores for a partial or a metric object is the same in a new
     process (where every memory address differs), and differs for other arguments."""
-    script = ("import json, functools, sys; sys.path.insert(0, {root!r});"
-              "from dspy_greater.teleprompter import metric_identity;"
-              "from tests.test_teleprompter import ThresholdMetric, scaled_metric;"
-              "print(json.dumps([metric_identity(ThresholdMetric(0.5)),"
-              " metric_identity(functools.partial(scaled_metric, scale=2.0))]))")
+    script = (
+        "import json, functools, sys; sys.path.insert(0, {root!r});"
+        "from dspy_greater.teleprompter import metric_identity;"
+        "from tests.test_teleprompter import ThresholdMetric, scaled_metric;"
+        "print(json.dumps([metric_identity(ThresholdMetric(0.5)),"
+        " metric_identity(functools.partial(scaled_metric, scale=2.0))]))"
+    )
     root = str(Path(__file__).resolve().parents[1])
-    runs = [subprocess.run([sys.executable, "-c", script.format(root=root)], capture_output=True,
-                           text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed})
-            for seed in ("1", "2")]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script.format(root=root)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        for seed in ("1", "2")
+    ]
     first, second = (json.loads(run.stdout.strip().splitlines()[-1]) for run in runs)
     assert first == second
     assert "0x" not in json.dumps(first)
@@ -296,8 +365,9 @@ def test_the_plot_leaves_matplotlib_as_the_user_set_it(tmp_path):
     backend = matplotlib.get_backend()
     matplotlib.use("pdf")  # say, a notebook's choice
     try:
-        stage = StageRun("predict", 0, "Start.", "Start.", {"Start.": 0.5}, [0.5, 0.75],
-                         [0.5, None], "labels", 4)
+        stage = StageRun(
+            "predict", 0, "Start.", "Start.", {"Start.": 0.5}, [0.5, 0.75], [0.5, None], "labels", 4
+        )
         _plot(tmp_path / "scores.png", [stage])
         assert (tmp_path / "scores.png").stat().st_size > 1000
         assert matplotlib.get_backend() == "pdf"
@@ -314,5 +384,9 @@ class _BuggyLogprobs(HFReasoner):
 def test_a_bug_in_the_same_model_check_surfaces(tiny_model, tmp_path):
     lm = local_lm(reasoner=_BuggyLogprobs(tiny_model), max_tokens=6, cache=False)
     with dspy.context(lm=lm), pytest.raises(AttributeError, match="no_such_attribute"):
-        _optimizer().compile(dspy.ChainOfThought("question -> answer"), trainset=DATA[:6],
-                             valset=DATA[6:], run_dir=tmp_path / "run")
+        _optimizer().compile(
+            dspy.ChainOfThought("question -> answer"),
+            trainset=DATA[:6],
+            valset=DATA[6:],
+            run_dir=tmp_path / "run",
+        )

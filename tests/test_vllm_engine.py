@@ -6,19 +6,27 @@ import multiprocessing
 import time
 
 import pytest
-
 from dspy_greater.adapters.base import Reasoner
 from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
 from dspy_greater.adapters.same_model import ModelMismatch, check_same_model
 from dspy_greater.adapters.vllm_engine import VLLMReasoner, apply_cpu_defaults
+
 from dspy_greater.errors import EngineStartFailed
 from tests.conftest import broken_copy
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "user", "content": "Is the following sentence plausible? \"Tom Brady scored a touchdown.\"\n"
-                                 "Think step by step."}],
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colours."}],
+    [
+        {
+            "role": "user",
+            "content": 'Is the following sentence plausible? "Tom Brady scored a touchdown."\n'
+            "Think step by step.",
+        }
+    ],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name three colours."},
+    ],
     [{"role": "user", "content": "not ( True ) and ( True ) is"}],
 ]
 
