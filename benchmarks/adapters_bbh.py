@@ -62,7 +62,7 @@ def build(config: str, labels: list[str] | None) -> tuple[Any, Any]:
     """(program, adapter) for a config."""
     import dspy
 
-    from dspy_greater.extract import ForcedExtractionAdapter
+    from dspy_greater.adapter import ForcedExtractionAdapter
 
     if config.startswith("typed"):
         answer_type = Literal[tuple(labels)] if labels else str  # type: ignore[valid-type]
@@ -159,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("dspy").setLevel(logging.ERROR)
 
-    from dspy_greater.adapters.lm import local_lm
+    from dspy_greater.lm import local_lm
 
     import dspy_greater
 

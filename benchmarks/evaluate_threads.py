@@ -25,7 +25,7 @@ def main() -> None:
     logging.getLogger("dspy").setLevel(logging.ERROR)
 
     import dspy
-    from dspy_greater.adapters.lm import local_lm
+    from dspy_greater.lm import local_lm
 
     import dspy_greater
 

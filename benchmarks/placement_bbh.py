@@ -20,15 +20,13 @@ import time
 from pathlib import Path
 
 import dspy
-from dspy_greater.adapters.lm import local_lm
+from dspy_greater.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
+from dspy_greater.search import PAPER_PROMPT
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
-PAPER_PROMPT = (
-    "Use proper logical reasoning and think step by step. Finally give the actual correct answer."
-)
 PLACEMENTS = ("system", "after_inputs")
 
 

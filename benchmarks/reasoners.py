@@ -18,7 +18,7 @@ import time
 
 def one_step(backend: str, examples: int, tokens: int, dtype: str) -> dict:
     if backend == "server":
-        from dspy_greater.adapters.server import launch_vllm_server
+        from dspy_greater.engines.vllm_server import launch_vllm_server
 
         import dspy_greater
 
@@ -31,11 +31,12 @@ def one_step(backend: str, examples: int, tokens: int, dtype: str) -> dict:
 
 def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str | None) -> dict:
     import dspy
-    from dspy_greater.adapters.hf import HFGradientModel
-    from dspy_greater.adapters.lm import make_reasoner
+    from dspy_greater.engines.hf import HFGradientModel
+    from dspy_greater.engines import make_reasoner
 
     import dspy_greater
-    from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
+    from dspy_greater.renderers import ChatTemplateRenderer
+    from dspy_greater.search import PAPER_PROMPT
     from dspy_greater.search import GreaterConfig, run_greater
 
     path = dspy_greater.default_model()
@@ -44,7 +45,7 @@ def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str 
     ).train
     started = time.perf_counter()
     if server is not None:
-        from dspy_greater.adapters.server import ServerReasoner
+        from dspy_greater.lm import ServerReasoner
 
         lm = dspy.LM("hosted_vllm/smollm2", api_base=server, api_key="none", cache=False)
         reasoner = ServerReasoner(lm, tokenizer=path)
@@ -67,7 +68,7 @@ def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str 
         return outs
 
     reasoner.chat = counting
-    config = GreaterConfig.cpu(steps=1, num_examples=examples, max_reasoning_tokens=tokens)
+    config = GreaterConfig.budget("light", steps=1, num_examples=examples, max_reasoning_tokens=tokens)
     started = time.perf_counter()
     result = run_greater(
         data,

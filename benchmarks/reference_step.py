@@ -13,8 +13,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from dspy_greater.adapters.base import ExampleScore, RenderedExample
-from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+from dspy_greater.engines.base import ExampleScore, RenderedExample
+from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 
 
 def unbatched_reasoner(model: str, dtype: str = "float32") -> HFReasoner:

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 import dspy
-from dspy_greater.adapters.lm import local_lm
+from dspy_greater.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
-from dspy_greater.teleprompter import BUDGETS
+from dspy_greater.search import GreaterConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "bbh"
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--run-root", default="benchmarks/runs/fallback")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
-    args.needed = max(2, BUDGETS["light"]["subset_size"])
+    args.needed = max(2, GreaterConfig.budget("light").subset_size)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -63,10 +63,11 @@ class PeakMemory:
 
 def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
     import torch
-    from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+    from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 
     import dspy_greater
-    from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
+    from dspy_greater.renderers import ChatTemplateRenderer
+    from dspy_greater.search import PAPER_PROMPT
     from dspy_greater.search import GreaterConfig, run_greater
 
     memory = PeakMemory()
@@ -83,12 +84,12 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
     else:
         model = HFGradientModel(path, dtype=dtype)
         if reasoner_kind == "vllm":
-            from dspy_greater.adapters.vllm_engine import VLLMReasoner
+            from dspy_greater.engines.vllm_engine import VLLMReasoner
 
             reasoner = VLLMReasoner(path, dtype=dtype)
         else:
             reasoner = HFReasoner(path, dtype=dtype, batch_size=examples)
-    config = GreaterConfig.cpu(steps=1, num_examples=examples, max_reasoning_tokens=tokens)
+    config = GreaterConfig.budget("light", steps=1, num_examples=examples, max_reasoning_tokens=tokens)
     started = time.perf_counter()
     result = run_greater(
         data,
@@ -98,7 +99,6 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
         reasoner=reasoner,
         gradient_model=model,
         progress=False,
-        check_models=False,
     )
     total = time.perf_counter() - started
     [step] = result.history
@@ -118,10 +118,11 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
 def gradient_agreement(task: str, examples: int, tokens: int, positions: int = 6) -> list[dict]:
     """Gradients of the same candidates in bf16 and fp32 (same reasoning): cosine, top-3 overlap."""
     import torch
-    from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+    from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 
     import dspy_greater
-    from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
+    from dspy_greater.renderers import ChatTemplateRenderer
+    from dspy_greater.search import PAPER_PROMPT
     from dspy_greater.search import readable_tokens, shortlist_by_gradient
 
     path = dspy_greater.default_model()

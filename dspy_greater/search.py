@@ -17,16 +17,32 @@ import re
 import time
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from .adapters.base import GradientModel, Reasoner, RenderedExample, Renderer
-from .adapters.same_model import check_same_model
+from .engines.base import GradientModel, Reasoner, RenderedExample, Renderer
 
 logger = logging.getLogger(__name__)
 
 Prompt = tuple[int, ...]
-# Scores a prompt from its rendered examples (the reasoning already generated); lower is better.
-Scorer = Callable[["Prompt", "Sequence[RenderedExample]"], "PromptScore"]
+# Scores a prompt from its examples, each with its rendering (the reasoning already generated);
+# lower is better.
+Scorer = Callable[["Prompt", "Sequence[tuple[Any, RenderedExample]]"], "PromptScore"]
+Budget = Literal["light", "medium", "heavy"]
+# The paper's starting prompt.
+PAPER_PROMPT = (
+    "Use proper logical reasoning and think step by step. Finally give the actual correct answer."
+)
+# Search settings per budget: "light" runs in minutes on a 2-core CPU with SmolLM2; "heavy" is
+# the paper's (100 steps over 50 examples, the defaults).
+_BUDGETS: dict[str, dict[str, int]] = {
+    "light": dict(
+        steps=8, num_examples=8, top_k=10, num_subsets=4, subset_size=3, max_reasoning_tokens=128
+    ),
+    "medium": dict(
+        steps=25, num_examples=16, top_k=20, num_subsets=5, subset_size=4, max_reasoning_tokens=256
+    ),
+    "heavy": {},
+}
 # The paper's readability filter: letters and spaces, or exactly "." or ",".
 _READABLE = re.compile(r"[A-Za-z ]+|[.,]")
 
@@ -54,22 +70,12 @@ class GreaterConfig:
     seed: int = 0
 
     @classmethod
-    def paper(cls, **overrides: Any) -> GreaterConfig:
-        """The paper's setting: 50 examples, ~100 steps, top-k 40, q=6, shortlist 3, 1024 tokens."""
-        return cls(**overrides)
-
-    @classmethod
-    def cpu(cls, **overrides: Any) -> GreaterConfig:
-        """A small setting whose steps take well under two minutes on a 2-core CPU (SmolLM2)."""
-        settings: dict[str, Any] = dict(
-            steps=10,
-            num_examples=8,
-            top_k=10,
-            num_subsets=4,
-            subset_size=3,
-            max_reasoning_tokens=96,
-        )
-        return cls(**{**settings, **overrides})
+    def budget(cls, name: Budget, **overrides: Any) -> GreaterConfig:
+        """The settings of a budget (``"light"``, ``"medium"``, ``"heavy"``: the paper's), with
+        ``overrides``."""
+        if name not in _BUDGETS:
+            raise ValueError(f"The budget must be one of {list(_BUDGETS)}, got {name!r}.")
+        return cls(**{**_BUDGETS[name], **overrides})
 
     def __post_init__(self) -> None:
         positive = (
@@ -100,6 +106,11 @@ class PromptScore:
     mistake_rate: float
     prompt_nll: float
     value: float
+
+    @classmethod
+    def of(cls, mistake_rate: float, prompt_nll: float, nll_weight: float) -> PromptScore:
+        """The paper's selection score: ``mistake_rate + nll_weight * prompt_nll``."""
+        return cls(mistake_rate, prompt_nll, mistake_rate + nll_weight * prompt_nll)
 
 
 @dataclass
@@ -286,17 +297,18 @@ class _Search:
 
     def score(self, prompt: Prompt) -> PromptScore:
         if prompt not in self.scores:
-            self.scores[prompt] = self.scorer(prompt, self.rendered(prompt))
+            pairs = list(zip(self.examples, self.rendered(prompt), strict=True))
+            self.scores[prompt] = self.scorer(prompt, pairs)
         return self.scores[prompt]
 
     def teacher_forced_score(
-        self, prompt: Prompt, rendered: Sequence[RenderedExample]
+        self, prompt: Prompt, pairs: Sequence[tuple[Any, RenderedExample]]
     ) -> PromptScore:
         """The paper's selection score: teacher-forced mistake rate + weight * prompt NLL."""
-        results = self.model.score(rendered)
+        results = self.model.score([rendered for _, rendered in pairs])
         mistakes = sum(not r.correct for r in results) / len(results)
         nll = sum(r.prompt_nll for r in results) / len(results)
-        return PromptScore(mistakes, nll, mistakes + self.config.selection_nll_weight * nll)
+        return PromptScore.of(mistakes, nll, self.config.selection_nll_weight)
 
     def filler(self, prompt: Prompt) -> int | None:
         """The token to append: the configured filler, or the model's likeliest readable token."""
@@ -332,7 +344,6 @@ def run_greater(
     config: GreaterConfig | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
     progress: bool = True,
-    check_models: bool = True,
     scorer: Scorer | None = None,
     reasoning_cache: MutableMapping[tuple[Prompt, int], tuple[int, ...]] | None = None,
     state: SearchState | None = None,
@@ -341,17 +352,29 @@ def run_greater(
 ) -> GreaterResult:
     """Run the GReaTer search on ``examples`` from ``initial_prompt``; return the best prompts.
 
-    ``examples`` are whatever ``renderer`` renders (objects with ``question`` and ``answer`` for
-    the chat-template renderer). ``on_step`` is called after every step with its record; ``desc``
-    labels the progress bar. With
-    ``check_models`` the run first checks that the reasoner and the gradient model are one model
-    (:func:`check_same_model`; skipped, with a log line, for a reasoner that cannot report
-    log-probabilities, such as a server).
+    The reasoner and the gradient model must be one model; check it first with
+    :func:`~dspy_greater.engines.same_model.check_same_model`.
 
-    ``scorer`` replaces the paper's teacher-forced selection score (e.g. by a task metric on
-    regenerated outputs). To make a run resumable, pass a persistent ``reasoning_cache`` and save
-    the :class:`SearchState` given to ``on_checkpoint`` after the setup and after every step; pass
-    the last one back as ``state`` to continue where it stopped.
+    Args:
+        examples: Whatever ``renderer`` renders (objects with ``question`` and ``answer`` for the
+            chat-template renderer); the first ``config.num_examples`` are used.
+        initial_prompt: The prompt the search starts from (e.g. :data:`PAPER_PROMPT`).
+        renderer: Turns a prompt, an example and a reasoning chain into token ids.
+        reasoner: Writes the reasoning chains.
+        gradient_model: Proposes candidate tokens and takes their one-hot gradients.
+        config: The search's settings (default: the paper's).
+        on_step: Called after every step with its record.
+        progress: Show a progress bar, labelled ``desc``.
+        scorer: Replaces the paper's teacher-forced selection score (e.g. a task metric on the
+            outputs the reasoning leads to); it receives each example with its rendering.
+        reasoning_cache: Reasoning chains by (prompt ids, example index); a persistent one makes
+            a run resumable.
+        state: A :class:`SearchState` that ``on_checkpoint`` received: the run continues from it.
+        on_checkpoint: Called with the state after the setup and after every step.
+        desc: The progress bar's label.
+
+    Returns:
+        The best prompts by training score, with every step's record.
     """
     config = config or GreaterConfig()
     examples = list(examples)[: config.num_examples]
@@ -365,15 +388,6 @@ def run_greater(
             "The initial prompt is empty; start from a sentence such as "
             "'Use proper logical reasoning and think step by step.'"
         )
-    if check_models:
-        try:
-            check_same_model(reasoner, gradient_model)
-        except NotImplementedError as exc:  # a server reports no log-probabilities; a bug raises
-            logger.warning(
-                "Could not check that the reasoner is the gradient model's weights "
-                "(%s); check it with a local reasoner on the same folder.",
-                exc,
-            )
     search = _Search(config, examples, renderer, reasoner, gradient_model, reasoning_cache, scorer)
     rng = random.Random(config.seed)
     if state is None:

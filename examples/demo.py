@@ -15,7 +15,7 @@ import argparse
 import time
 
 import dspy
-from dspy_greater.adapters.lm import local_lm
+from dspy_greater.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer

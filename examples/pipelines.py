@@ -23,7 +23,7 @@ import time
 from typing import Any, Literal
 
 import dspy
-from dspy_greater.adapters.lm import local_lm
+from dspy_greater.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer

@@ -12,19 +12,15 @@ from typing import Literal
 import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
-from dspy_greater.adapters.base import chat_prompt_ids
-from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
-from dspy_greater.adapters.lm import LocalEngine, local_lm
+from dspy_greater.engines.base import chat_prompt_ids
+from dspy_greater.engines.hf import HFGradientModel, HFReasoner
+from dspy_greater.lm import LocalEngine, local_lm
 
 import dspy_greater
 from dspy_greater.errors import GreaterError, SlotError
-from dspy_greater.extract import (
-    AdapterRenderer,
-    CannotContinue,
-    ForcedExtractionAdapter,
-    map_to_choice,
-    parse_field,
-)
+from dspy_greater.adapter import CannotContinue, ForcedExtractionAdapter
+from dspy_greater.renderers import AdapterRenderer
+from dspy_greater.values import map_to_choice, parse_field
 
 YesNo = Literal["yes", "no"]
 

@@ -6,9 +6,11 @@ import random
 
 import pytest
 import torch
-from dspy_greater.adapters.hf import HFGradientModel
+from dspy_greater.engines.hf import HFGradientModel
 
-from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
+from dspy_greater.renderers import ChatTemplateRenderer
+
+from dspy_greater.search import PAPER_PROMPT
 from dspy_greater.search import readable_tokens
 
 
@@ -129,7 +131,7 @@ def test_gradient_ranks_candidates_like_exact_substitution_on_smollm2(smollm2, r
     The linearisation is rough (the answer loss runs at temperature 0.2), so we ask for what GReaTer
     needs: across prompt positions the rank correlation is positive on average (chance is 0).
     """
-    from dspy_greater.adapters.hf import HFReasoner
+    from dspy_greater.engines.hf import HFReasoner
 
     import dspy_greater
 

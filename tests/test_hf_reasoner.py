@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from dspy_greater.adapters.base import Reasoner
-from dspy_greater.adapters.hf import HFReasoner
+from dspy_greater.engines.base import Reasoner
+from dspy_greater.engines.hf import HFReasoner
 
 from dspy_greater.errors import DeviceUnavailable
 

@@ -58,7 +58,7 @@ def test_wheel_contents_and_a_normal_install_import(tmp_path):
         capture_output=True,
     )
     code = (
-        "import dspy_greater.adapters.base as b, dspy_greater; "
+        "import dspy_greater.engines.base as b, dspy_greater; "
         "print(b.__file__); print(len(dspy_greater.load_bbh('sports_understanding')))"
     )
     out = subprocess.run(
@@ -80,7 +80,7 @@ def test_wheel_contents_and_a_normal_install_import(tmp_path):
 
 def test_editable_install_maps_adapters(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-c", "import dspy_greater.adapters.hf as m; print(m.__file__)"],
+        [sys.executable, "-c", "import dspy_greater.engines.hf as m; print(m.__file__)"],
         cwd=tmp_path,
         check=True,
         capture_output=True,

@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict
 
 import pytest
-from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 
-from dspy_greater.chat_template import ChatTemplateRenderer
+from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.errors import GreaterError
 from dspy_greater.rundir import GenerationStore, RunDir, RunDirMismatch
 from dspy_greater.search import GreaterConfig, run_greater

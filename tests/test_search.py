@@ -6,10 +6,11 @@ import random
 from dataclasses import asdict
 
 import pytest
-from dspy_greater.adapters.hf import HFGradientModel, HFReasoner
+from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 
 import dspy_greater
-from dspy_greater.chat_template import PAPER_PROMPT, ChatTemplateRenderer
+from dspy_greater.renderers import ChatTemplateRenderer
+from dspy_greater.search import PAPER_PROMPT
 from dspy_greater.errors import DeviceUnavailable
 from dspy_greater.search import (
     GreaterConfig,
@@ -177,8 +178,12 @@ def test_a_custom_scorer_decides_the_selection(tiny_model):
     )
     seen = []
 
-    def longest_word_wins(prompt, rendered):  # lower is better: prefer long tokens
-        seen.append(len(rendered))
+    renderer = ChatTemplateRenderer(model.tokenizer)
+
+    def longest_word_wins(prompt, pairs):  # lower is better: prefer long tokens
+        seen.append(len(pairs))
+        for example, rendered in pairs:  # each example comes with its own rendering
+            assert rendered.answer_ids == renderer.answer_ids(example.answer)
         text = model.tokenizer.decode(list(prompt))
         value = -max(len(w) for w in text.split())
         return PromptScore(0.0, 0.0, value)
@@ -187,7 +192,7 @@ def test_a_custom_scorer_decides_the_selection(tiny_model):
         TINY_EXAMPLES,
         initial_prompt="Think step by step",
         config=config,
-        renderer=ChatTemplateRenderer(model.tokenizer),
+        renderer=renderer,
         reasoner=HFReasoner(tiny_model, batch_size=4),
         gradient_model=model,
         progress=False,
@@ -202,7 +207,7 @@ def test_a_custom_scorer_decides_the_selection(tiny_model):
 def test_one_real_step_on_smollm2(smollm2):
     model = HFGradientModel(smollm2)
     examples = dspy_greater.load_bbh("sports_understanding")[:4]
-    config = GreaterConfig.cpu(steps=1, num_examples=4, max_reasoning_tokens=32)
+    config = GreaterConfig.budget("light", steps=1, num_examples=4, max_reasoning_tokens=32)
     seen = []
     result = run_greater(
         examples,
@@ -253,17 +258,8 @@ def test_bad_inputs_have_clear_errors(tiny_model, tmp_path):
             HFGradientModel(tiny_model, device="cuda")
 
 
-def test_a_run_refuses_a_reasoner_that_is_another_model(smollm2, tiny_model):
-    from dspy_greater.adapters.same_model import ModelMismatch
-
+def test_the_same_model_check_refuses_a_reasoner_that_is_another_model(smollm2, tiny_model):
     model = HFGradientModel(tiny_model)  # SmolLM2's tokenizer, random weights
     with pytest.raises(ModelMismatch, match="not the same weights"):
-        run_greater(
-            TINY_EXAMPLES,
-            initial_prompt="Think step by step",
-            config=GreaterConfig(steps=1),
-            renderer=ChatTemplateRenderer(model.tokenizer),
-            reasoner=HFReasoner(smollm2),
-            gradient_model=model,
-            progress=False,
-        )
+        check_same_model(HFReasoner(smollm2), model)
+    assert check_same_model(HFReasoner(tiny_model), model) < 1e-3

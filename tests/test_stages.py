@@ -10,13 +10,13 @@ import json
 
 import dspy
 import pytest
-from dspy_greater.adapters.hf import HFReasoner
-from dspy_greater.adapters.lm import local_lm
+from dspy_greater.engines.hf import HFReasoner
+from dspy_greater.lm import local_lm
 
 from dspy_greater import ForcedExtractionAdapter, GReaTer
 from dspy_greater.errors import GreaterError
 from dspy_greater.search import GreaterConfig
-from dspy_greater.traces import stage_examples, trace_program
+from dspy_greater.bridge import stage_examples, trace_program
 
 CONFIG = GreaterConfig(
     steps=2,

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import dspy
 import pytest
-from dspy_greater.adapters.hf import HFReasoner
-from dspy_greater.adapters.lm import local_lm
-from dspy_greater.adapters.same_model import ModelMismatch
+from dspy_greater.engines.hf import HFReasoner
+from dspy_greater.lm import local_lm
+from dspy_greater.engines.same_model import ModelMismatch
 
 from dspy_greater import GReaTer, bbh_metric
 from dspy_greater.errors import GreaterError
-from dspy_greater.extract import ForcedExtractionAdapter
+from dspy_greater.adapter import ForcedExtractionAdapter
 from dspy_greater.search import GreaterConfig
 
 TINY_CONFIG = GreaterConfig(
@@ -329,7 +329,7 @@ def test_a_metric_is_identified_alike_in_every_process():
     process (where every memory address differs), and differs for other arguments."""
     script = (
         "import json, functools, sys; sys.path.insert(0, {root!r});"
-        "from dspy_greater.teleprompter import metric_identity;"
+        "from dspy_greater.bridge import metric_identity;"
         "from tests.test_teleprompter import ThresholdMetric, scaled_metric;"
         "print(json.dumps([metric_identity(ThresholdMetric(0.5)),"
         " metric_identity(functools.partial(scaled_metric, scale=2.0))]))"
@@ -350,7 +350,7 @@ def test_a_metric_is_identified_alike_in_every_process():
     assert "0x" not in json.dumps(first)
     from functools import partial
 
-    from dspy_greater.teleprompter import metric_identity
+    from dspy_greater.bridge import metric_identity
 
     assert metric_identity(partial(scaled_metric, scale=3.0)) != first[1]
     assert metric_identity(ThresholdMetric(0.7)) != first[0]
@@ -360,7 +360,7 @@ def test_the_plot_leaves_matplotlib_as_the_user_set_it(tmp_path):
     import matplotlib
     import matplotlib.pyplot as plt
 
-    from dspy_greater.teleprompter import StageRun, _plot
+    from dspy_greater.report import StageRun, plot_scores
 
     backend = matplotlib.get_backend()
     matplotlib.use("pdf")  # say, a notebook's choice
@@ -368,7 +368,7 @@ def test_the_plot_leaves_matplotlib_as_the_user_set_it(tmp_path):
         stage = StageRun(
             "predict", 0, "Start.", "Start.", {"Start.": 0.5}, [0.5, 0.75], [0.5, None], "labels", 4
         )
-        _plot(tmp_path / "scores.png", [stage])
+        plot_scores(tmp_path / "scores.png", [stage])
         assert (tmp_path / "scores.png").stat().st_size > 1000
         assert matplotlib.get_backend() == "pdf"
         assert plt.get_fignums() == []

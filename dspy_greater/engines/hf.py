@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dspy_greater.errors import DeviceUnavailable
+from ..errors import DeviceUnavailable
 
 from .base import Completion, ExampleScore, RenderedExample, TemplateChat
 
@@ -334,27 +334,44 @@ class HFGradientModel:
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
         return _prompt_logprobs(self.model, ids, self.device)
 
+    def _logprobs_at(
+        self, hidden: Any, ids: Sequence[int], positions: Sequence[int]
+    ) -> tuple[Any, Any]:
+        """The log-probabilities that predict ``ids[t]`` for each ``t`` in ``positions`` (from
+        the hidden states of a forward over ``ids``), and those target ids."""
+        torch = self._torch
+        rows = torch.tensor([t - 1 for t in positions], device=self.device)
+        targets = torch.tensor([ids[t] for t in positions], device=self.device)
+        return torch.log_softmax(self._logits(hidden[rows]), dim=-1), targets
+
+    def prompt_nll(self, examples: Sequence[RenderedExample]) -> float:
+        """The prompt tokens' mean NLL given what precedes them, averaged over ``examples`` (a
+        forward over each context up to the slot's end only)."""
+        nlls = []
+        for example in examples:
+            with self._torch.no_grad():
+                hidden, _ = self._run(example.ids[: example.slot.stop])
+                slot = range(example.slot.start, example.slot.stop)
+                logprobs, targets = self._logprobs_at(hidden, example.ids, slot)
+                nlls.append(-float(logprobs.gather(1, targets[:, None]).mean()))
+        return sum(nlls) / len(nlls)
+
     def score(self, examples: Sequence[RenderedExample]) -> list[ExampleScore]:
         torch = self._torch
         scores = []
         for example in examples:
             with torch.no_grad():
                 hidden, _ = self._run(example.ids)
-                answer = range(example.answer.start, example.answer.stop)
                 slot = range(example.slot.start, example.slot.stop)
-                rows = torch.tensor([t - 1 for t in (*slot, *answer)], device=self.device)
-                logprobs = torch.log_softmax(self._logits(hidden[rows]), dim=-1)
-                targets = torch.tensor(
-                    [example.ids[t] for t in (*slot, *answer)], device=self.device
-                )
+                answer = range(example.answer.start, example.answer.stop)
+                logprobs, targets = self._logprobs_at(hidden, example.ids, [*slot, *answer])
                 nll = -logprobs.gather(1, targets[:, None])[:, 0]
                 n_slot = len(slot)
-                answer_nll = nll[n_slot:]
                 correct = bool((logprobs[n_slot:].argmax(-1) == targets[n_slot:]).all())
             scores.append(
                 ExampleScore(
                     correct=correct,
-                    answer_loss=float(answer_nll.mean()),
+                    answer_loss=float(nll[n_slot:].mean()),
                     prompt_nll=float(nll[:n_slot].mean()),
                 )
             )

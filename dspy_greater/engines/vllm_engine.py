@@ -15,7 +15,7 @@ import time
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from dspy_greater.errors import ContextTooLong, EngineStartFailed, GreaterError
+from ..errors import ContextTooLong, EngineStartFailed, GreaterError
 
 from .base import Completion, TemplateChat
 

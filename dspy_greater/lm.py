@@ -1,4 +1,5 @@
-"""DSPy LMs over the local engines, by DSPy 3.4's supported route (``dspy.LM(engine=...)``).
+"""DSPy LMs over the local engines (``dspy.LM(engine=...)``, DSPy 3.4's supported route), and
+reasoning on a server through a ``dspy.LM``.
 
 ``local_lm()`` returns a ``dspy.LM`` whose engine runs the embedded (or any local) model on vLLM's
 offline engine, or on ``transformers`` when vLLM is missing. DSPy calls an LM once per example,
@@ -17,48 +18,29 @@ import os
 import queue
 import threading
 import time
+import urllib.error
 import uuid
-from concurrent.futures import Future
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dspy
-from dspy.lm15 import Message, Response, Usage, response_to_events
+from dspy.lm15 import Config, Message, Request, Response, Usage, response_to_events
 
-from dspy_greater.errors import GreaterError
-
-from .base import Completion, Conversation, Reasoner, chat_prompt_ids
+from .engines import make_reasoner
+from .engines.base import Completion, Conversation, Reasoner, chat_prompt_ids
+from .engines.vllm_server import ServerUnavailable, served_models
+from .errors import GreaterError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 1024
 
 
-def make_reasoner(
-    model: str | os.PathLike[str], *, backend: str = "auto", **kwargs: Any
-) -> Reasoner:
-    """A local reasoner: ``"vllm"``, ``"hf"`` (transformers), or ``"auto"`` (vLLM when installed)."""
-    from .vllm_engine import VLLMReasoner, vllm_available
-
-    if backend == "auto":
-        backend = "vllm" if vllm_available() else "hf"
-        if backend == "hf":
-            logger.warning(
-                "vLLM is not installed: generating with transformers' generate "
-                "(slower). Install dspy-greater[cpu] or [vllm] for vLLM."
-            )
-    if backend == "vllm":
-        return VLLMReasoner(model, **kwargs)
-    if backend == "hf":
-        from .hf import HFReasoner
-
-        return HFReasoner(model, **kwargs)
-    raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', got {backend!r}.")
-
-
 @dataclass
-class _Job:
+class _Request:
     ids: list[int]
     max_tokens: int
     stop: tuple[str, ...]
@@ -85,7 +67,7 @@ class LocalEngine:
         self.batch_sizes: list[int] = []  # size of every batch sent to the model (for measuring)
         self.poll_seconds = 1.0  # how often a waiting caller checks that the worker still runs
         self._died: BaseException | None = None
-        self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._jobs: queue.Queue[_Request] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="dspy-greater-engine", daemon=True)
         self._worker.start()
 
@@ -112,7 +94,7 @@ class LocalEngine:
             continue_final_message=continuing,
         )
         future: Future = Future()
-        self._jobs.put(_Job(ids, max_tokens, stop, schema, temperature, future))
+        self._jobs.put(_Request(ids, max_tokens, stop, schema, temperature, future))
         completion = self._wait(future)
         return Response(
             id=None,
@@ -160,7 +142,7 @@ class LocalEngine:
                     job.future.set_exception(self._stopped(exc))
             logger.error("The local engine's worker thread stopped: %r", exc)
 
-    def _gather(self) -> list[_Job]:
+    def _gather(self) -> list[_Request]:
         """The next job, and every job that arrives within ``gather_ms`` after it."""
         jobs = [self._jobs.get()]
         deadline = time.monotonic() + self.gather_seconds
@@ -171,8 +153,8 @@ class LocalEngine:
                 break
         return jobs
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
-        groups: dict[tuple[int, tuple[str, ...], str | None, float], list[_Job]] = {}
+    def _run_batch(self, jobs: list[_Request]) -> None:
+        groups: dict[tuple[int, tuple[str, ...], str | None, float], list[_Request]] = {}
         for job in jobs:
             groups.setdefault((job.max_tokens, job.stop, job.schema, job.temperature), []).append(
                 job
@@ -202,6 +184,13 @@ class LocalEngine:
                 raise
             for job, out in zip(group, outs, strict=True):
                 job.future.set_result(out)
+
+
+def local_reasoner(lm: Any) -> Reasoner | None:
+    """The reasoner behind ``lm`` when it is a local engine (:func:`local_lm`); None for any other
+    LM (a server)."""
+    engine = getattr(lm, "engine", None)
+    return engine.reasoner if isinstance(engine, LocalEngine) else None
 
 
 class AsyncLocalEngine:
@@ -262,14 +251,27 @@ def local_lm(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     **lm_kwargs: Any,
 ) -> dspy.LM:
-    """A ``dspy.LM`` on a local model (the embedded SmolLM2 by default).
+    """A ``dspy.LM`` on a local model, for ``dspy.configure(lm=...)`` and :class:`GReaTer`.
 
-    ``backend`` picks the reasoner (see :func:`make_reasoner`); or pass a built ``reasoner``.
-    Everything DSPy does with an LM works on it (history, usage, caching, threads).
+    Everything DSPy does with an LM works on it (history, usage, caching, threads); concurrent
+    calls reach the model as one batch. Its model string names the weights (folder, files, dtype),
+    so DSPy's cache never serves one model's answers to another.
+
+    Args:
+        model: A Hugging Face model folder; None for the embedded SmolLM2-135M.
+        backend: ``"vllm"`` (vLLM's offline engine), ``"hf"`` (transformers' ``generate``), or
+            ``"auto"``: vLLM when it is installed (see
+            :func:`~dspy_greater.engines.make_reasoner`).
+        reasoner: An engine already built (``model`` and ``backend`` are then ignored).
+        max_tokens: The default budget of new tokens per call.
+        **lm_kwargs: Passed to ``dspy.LM`` (``cache=False``, ``num_retries``, ...).
+
+    Returns:
+        A ``dspy.LM``, greedy (temperature 0) unless a call asks for sampling.
     """
     if reasoner is None:
         if model is None:
-            from dspy_greater.models import default_model
+            from .models import default_model
 
             model = default_model()
         reasoner = make_reasoner(model, backend=backend)
@@ -312,3 +314,127 @@ def model_identity(reasoner: Any) -> str:
                 stream.seek(max(0, size - (1 << 20)))
                 digest.update(stream.read())
     return f"{folder.name}-{digest.hexdigest()[:16]}"
+
+
+class ServerReasoner:
+    """Greedy generation on a server behind ``lm`` (a ``dspy.LM``), many requests in flight.
+
+    ``tokenizer`` (a model folder or a loaded tokenizer) gives the completions' token ids and must
+    be the served model's. On construction a one-token probe checks that the server is reachable,
+    serves ``lm``'s model and can continue an assistant message.
+    """
+
+    def __init__(
+        self, lm: dspy.LM, *, tokenizer: Any, max_workers: int = 32, probe: bool = True
+    ) -> None:
+        if isinstance(tokenizer, (str, os.PathLike)):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.max_workers = max_workers
+        self.api_base = lm.kwargs.get("api_base") or os.environ.get("OPENAI_BASE_URL", "")
+        self.model_name = lm.model.split("/", 1)[-1]
+        if probe:
+            self._probe()
+
+    def _probe(self) -> None:
+        conversation = [
+            {"role": "user", "content": "Say yes."},
+            {"role": "assistant", "content": "Yes"},
+        ]
+        self.chat([conversation], max_new_tokens=1, continue_final_message=True)
+        logger.info("Server %s serves %s and continues messages.", self.api_base, self.model_name)
+
+    def _request(
+        self, conversation: Conversation, max_new_tokens: int, stop: Sequence[str], continuing: bool
+    ) -> Request:
+        system = None
+        if conversation and conversation[0]["role"] == "system":
+            system, conversation = conversation[0]["content"], conversation[1:]
+        messages = tuple(
+            Message.assistant(m["content"])
+            if m["role"] == "assistant"
+            else Message.user(m["content"])
+            for m in conversation
+        )
+        config = Config(
+            max_tokens=max_new_tokens,
+            temperature=0.0,
+            stop=tuple(stop) or None,
+            extensions={
+                "continue_final_message": continuing,
+                "add_generation_prompt": not continuing,
+            },
+        )
+        return Request(model=self.lm.model, messages=messages, system=system, config=config)
+
+    def _call(self, request: Request) -> Any:
+        try:
+            return self.lm(request)
+        except Exception as exc:
+            raise self._diagnose(exc) from exc
+
+    def _diagnose(self, exc: Exception) -> Exception:
+        """Turn a failed call into an error that says what is wrong with the server."""
+        try:
+            models = served_models(self.api_base, self.lm.kwargs.get("api_key"))
+        except (urllib.error.URLError, OSError, ValueError) as probe_error:
+            return ServerUnavailable(
+                f"Cannot reach an OpenAI-compatible server at {self.api_base!r} ({probe_error}). "
+                "Start one, e.g. `vllm serve MODEL --port 8000`, and pass its URL as "
+                "dspy.LM(..., api_base='http://HOST:PORT/v1')."
+            )
+        if self.model_name not in models:
+            return ServerUnavailable(
+                f"The server at {self.api_base} serves {models}, not {self.model_name!r}. Name the "
+                f"LM after one of them, e.g. dspy.LM('hosted_vllm/{models[0] if models else 'NAME'}', ...)."
+            )
+        if "continue_final_message" in str(exc) or "add_generation_prompt" in str(exc):
+            return ServerUnavailable(
+                f"The server at {self.api_base} cannot continue an assistant message "
+                f"({exc}). Use vLLM's `vllm serve`, which accepts continue_final_message, or a "
+                "local engine (dspy_greater.lm.local_lm)."
+            )
+        return exc
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        continue_final_message: bool = False,
+    ) -> list[Completion]:
+        """Complete each conversation greedily on the server (see :class:`~dspy_greater.engines.base.Reasoner`).
+
+        The token ids are the completion text re-tokenized: a server returns text.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        requests = [
+            self._request(c, max_new_tokens, stop, continue_final_message) for c in conversations
+        ]
+        with ThreadPoolExecutor(max(1, min(len(requests), self.max_workers))) as pool:
+            responses = list(pool.map(self._call, requests))
+        completions = []
+        for response in responses:
+            text = response.text or ""
+            ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            reason = "length" if response.finish_reason == "length" else "stop"
+            completions.append(Completion(text=text, token_ids=ids, finish_reason=reason))
+        return completions
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[Completion]:
+        raise NotImplementedError(
+            "A chat server continues messages, not token ids; GReaTer sends it messages (chat())."
+        )
+
+    def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
+        raise NotImplementedError(
+            "Prompt log-probabilities are not read from a server; check the served model against "
+            "the gradient model with a local reasoner on the same folder."
+        )

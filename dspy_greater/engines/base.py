@@ -197,6 +197,10 @@ class GradientModel(Protocol):
         """Exact teacher-forced scores of each example."""
         ...
 
+    def prompt_nll(self, examples: Sequence[RenderedExample]) -> float:
+        """The prompt tokens' mean NLL given what precedes them, averaged over ``examples``."""
+        ...
+
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
         """log P(ids[t] | ids[:t]) for t = 1 .. len(ids) - 1."""
         ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dspy_greater.errors import GreaterError
+from ..errors import GreaterError
 
 from .base import chat_prompt_ids
 
