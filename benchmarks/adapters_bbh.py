@@ -123,7 +123,7 @@ def run_config(
     started = time.perf_counter()
 
     def one(job: tuple[str, Any, Any, Any]) -> Any:
-        task, program, adapter, example = job
+        _, program, adapter, example = job
         with dspy.context(lm=lm, adapter=adapter):
             return program(question=example.question)
 
@@ -132,7 +132,7 @@ def run_config(
     )
     predictions = executor([(one, (job,)) for job in jobs])
     seconds = time.perf_counter() - started
-    for (task, _, _, example), prediction in zip(jobs, predictions):
+    for (task, _, _, example), prediction in zip(jobs, predictions, strict=True):
         row = rows.setdefault(task, {"n": 0, "parsed": 0, "correct": 0, "regex": 0})
         row["n"] += 1
         gold = str(example.answer)
@@ -159,9 +159,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("dspy").setLevel(logging.ERROR)
 
-    from dspy_greater.lm import local_lm
-
     import dspy_greater
+    from dspy_greater.lm import local_lm
 
     names = (
         args.tasks.split(",") if args.tasks else sorted(p.stem for p in args.data.glob("*.json"))

@@ -1,4 +1,4 @@
-"""`dspy.Evaluate` on BBH questions with the embedded model on the local vLLM engine: 1 vs 16 threads.
+"""`dspy.Evaluate` on BBH questions, the embedded model on the local vLLM engine: 1 vs 16 threads.
 
 DSPy calls the LM once per example from each thread; the engine behind `local_lm()` gathers
 concurrent calls into one vLLM batch. Prints a Markdown table (wall time, LM calls, tokens/s,
@@ -25,9 +25,9 @@ def main() -> None:
     logging.getLogger("dspy").setLevel(logging.ERROR)
 
     import dspy
-    from dspy_greater.lm import local_lm
 
     import dspy_greater
+    from dspy_greater.lm import local_lm
 
     lm = local_lm(max_tokens=args.max_tokens, cache=False)
     devset = dspy_greater.load_bbh(args.task)[: args.questions]

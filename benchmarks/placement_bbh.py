@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import dspy
-from dspy_greater.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
+from dspy_greater.lm import local_lm
 from dspy_greater.search import PAPER_PROMPT
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
@@ -97,7 +97,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         n = r["test_size"]
         lines.append(
-            f"| {r['task']} | {r['placement']} | {r['test_start']:.3f} ± {se(r['test_start'], n):.3f}"
+            f"| {r['task']} | {r['placement']} "
+            f"| {r['test_start']:.3f} ± {se(r['test_start'], n):.3f}"
             f" | {r['test_best']:.3f} ± {se(r['test_best'], n):.3f} | {r['majority']:.3f} | "
             f"{r['validation_start']:.3f} → {r['validation_best']:.3f} | "
             f"{r['compile_seconds']:.0f}{' (resumed)' if r['resumed'] else ''} |"

@@ -18,9 +18,8 @@ import time
 
 def one_step(backend: str, examples: int, tokens: int, dtype: str) -> dict:
     if backend == "server":
-        from dspy_greater.engines.vllm_server import launch_vllm_server
-
         import dspy_greater
+        from dspy_greater.engines.vllm_server import launch_vllm_server
 
         with launch_vllm_server(
             dspy_greater.default_model(), served_name="smollm2", dtype=dtype
@@ -31,13 +30,12 @@ def one_step(backend: str, examples: int, tokens: int, dtype: str) -> dict:
 
 def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str | None) -> dict:
     import dspy
-    from dspy_greater.engines.hf import HFGradientModel
-    from dspy_greater.engines import make_reasoner
 
     import dspy_greater
+    from dspy_greater.engines import make_reasoner
+    from dspy_greater.engines.hf import HFGradientModel
     from dspy_greater.renderers import ChatTemplateRenderer
-    from dspy_greater.search import PAPER_PROMPT
-    from dspy_greater.search import GreaterConfig, run_greater
+    from dspy_greater.search import PAPER_PROMPT, GreaterConfig, run_greater
 
     path = dspy_greater.default_model()
     data = dspy_greater.split(
@@ -68,7 +66,9 @@ def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str 
         return outs
 
     reasoner.chat = counting
-    config = GreaterConfig.budget("light", steps=1, num_examples=examples, max_reasoning_tokens=tokens)
+    config = GreaterConfig.budget(
+        "light", steps=1, num_examples=examples, max_reasoning_tokens=tokens
+    )
     started = time.perf_counter()
     result = run_greater(
         data,

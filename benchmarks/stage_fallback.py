@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import dspy
-from dspy_greater.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
+from dspy_greater.lm import local_lm
 from dspy_greater.search import GreaterConfig
 
 ROOT = Path(__file__).resolve().parents[1]

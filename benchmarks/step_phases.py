@@ -63,12 +63,11 @@ class PeakMemory:
 
 def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
     import torch
-    from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 
     import dspy_greater
+    from dspy_greater.engines.hf import HFGradientModel, HFReasoner
     from dspy_greater.renderers import ChatTemplateRenderer
-    from dspy_greater.search import PAPER_PROMPT
-    from dspy_greater.search import GreaterConfig, run_greater
+    from dspy_greater.search import PAPER_PROMPT, GreaterConfig, run_greater
 
     memory = PeakMemory()
     torch.manual_seed(0)
@@ -89,7 +88,9 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
             reasoner = VLLMReasoner(path, dtype=dtype)
         else:
             reasoner = HFReasoner(path, dtype=dtype, batch_size=examples)
-    config = GreaterConfig.budget("light", steps=1, num_examples=examples, max_reasoning_tokens=tokens)
+    config = GreaterConfig.budget(
+        "light", steps=1, num_examples=examples, max_reasoning_tokens=tokens
+    )
     started = time.perf_counter()
     result = run_greater(
         data,
@@ -118,12 +119,11 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
 def gradient_agreement(task: str, examples: int, tokens: int, positions: int = 6) -> list[dict]:
     """Gradients of the same candidates in bf16 and fp32 (same reasoning): cosine, top-3 overlap."""
     import torch
-    from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 
     import dspy_greater
+    from dspy_greater.engines.hf import HFGradientModel, HFReasoner
     from dspy_greater.renderers import ChatTemplateRenderer
-    from dspy_greater.search import PAPER_PROMPT
-    from dspy_greater.search import readable_tokens, shortlist_by_gradient
+    from dspy_greater.search import PAPER_PROMPT, readable_tokens, shortlist_by_gradient
 
     path = dspy_greater.default_model()
     data = dspy_greater.split(dspy_greater.load_bbh(task), train=examples, dev=0).train
@@ -132,7 +132,9 @@ def gradient_agreement(task: str, examples: int, tokens: int, positions: int = 6
     prompt = renderer.encode_prompt(PAPER_PROMPT, data[0])
     contexts = [renderer.render(prompt, ex).context for ex in data]
     reasonings = HFReasoner(path, batch_size=examples).generate(contexts, max_new_tokens=tokens)
-    rendered = [renderer.render(prompt, ex, r.token_ids) for ex, r in zip(data, reasonings)]
+    rendered = [
+        renderer.render(prompt, ex, r.token_ids) for ex, r in zip(data, reasonings, strict=True)
+    ]
     allowed = readable_tokens(fp32.vocab, fp32.special_ids)
     rows = []
     for position in range(positions):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import _moved
+
 __version__ = "0.1.0"
 
 # Public name -> module that defines it; loaded on first access (PEP 562).
@@ -30,14 +32,54 @@ _LAZY = {
     "gsm8k_metric": "loaders",
     "folio_metric": "loaders",
     "GreaterError": "errors",
-    "ForcedExtractionAdapter": "extract",
-    "AdapterRenderer": "extract",
+    "ForcedExtractionAdapter": "adapter",
+    "AdapterRenderer": "renderers",
+    "ChatTemplateRenderer": "renderers",
     "GReaTer": "teleprompter",
+    "GReaTerRun": "report",
+    "StageRun": "report",
+    "GreaterConfig": "search",
+    "run_greater": "search",
+    "PAPER_PROMPT": "search",
+    "local_lm": "lm",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [  # noqa: RUF022 (grouped by module, as _LAZY)
+    "__version__",
+    "default_model",
+    "cache_dir",
+    "load_bbh",
+    "split",
+    "bbh_metric",
+    "bbh_answer_matches",
+    "bbh_program",
+    "closed_labels",
+    "majority_class_rate",
+    "standard_error",
+    "shipped_bbh_tasks",
+    "Task",
+    "load_task",
+    "load_gsm8k",
+    "load_folio",
+    "gsm8k_metric",
+    "folio_metric",
+    "GreaterError",
+    "ForcedExtractionAdapter",
+    "AdapterRenderer",
+    "ChatTemplateRenderer",
+    "GReaTer",
+    "GReaTerRun",
+    "StageRun",
+    "GreaterConfig",
+    "run_greater",
+    "PAPER_PROMPT",
+    "local_lm",
+]
+
+_moved.install()
 
 if TYPE_CHECKING:
+    from .adapter import ForcedExtractionAdapter
     from .data import (
         bbh_answer_matches,
         bbh_metric,
@@ -50,9 +92,12 @@ if TYPE_CHECKING:
         standard_error,
     )
     from .errors import GreaterError
-    from .extract import AdapterRenderer, ForcedExtractionAdapter
+    from .lm import local_lm
     from .loaders import Task, folio_metric, gsm8k_metric, load_folio, load_gsm8k, load_task
     from .models import cache_dir, default_model
+    from .renderers import AdapterRenderer, ChatTemplateRenderer
+    from .report import GReaTerRun, StageRun
+    from .search import PAPER_PROMPT, GreaterConfig, run_greater
     from .teleprompter import GReaTer
 
 

@@ -408,4 +408,3 @@ async def _adrive(steps: Generator[_Call, Any, Any], lm: Any) -> Any:
             call = steps.send(outputs)
     except StopIteration as done:
         return done.value
-

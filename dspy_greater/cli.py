@@ -25,14 +25,11 @@ from typing import Any
 
 from .errors import GreaterError  # light: no torch, no DSPy, so `--help` stays fast
 from .logs import configure_logging, generation_counts, truncation_note
+from .optimizers import OPTIMIZERS, RESUMABLE, Setup
 from .rundir import write_json_atomically
+from .search import PAPER_PROMPT
 
-OPTIMIZERS = ("greater", "copro", "miprov2", "gepa", "none")
-RESUMABLE = ("greater", "gepa")  # the others start again on --resume
 SETTINGS = "cli.json"  # what `optimize` was asked to do: a resumed run must ask the same
-PAPER_PROMPT = (
-    "Use proper logical reasoning and think step by step. Finally give the actual correct answer."
-)
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 DEFAULT_MAX_TOKENS = 128
 
@@ -229,13 +226,14 @@ def _task(settings: dict[str, Any]) -> Any:
         raise CliError(str(exc)) from exc
 
 
-def _lm(settings: dict[str, Any]) -> Any:
-    """The task LM on the local model, with the forced-extraction adapter configured."""
+def _lm(settings: dict[str, Any]) -> tuple[Any, Any]:
+    """The task LM on the local model, with the forced-extraction adapter configured, and its
+    reasoner (it counts every generation: DSPy's calls and GReaTer's search)."""
     import dspy
 
-    from .adapters.hf import resolve_device
-    from .adapters.lm import local_lm
-    from .extract import ForcedExtractionAdapter
+    from .adapter import ForcedExtractionAdapter
+    from .engines.hf import resolve_device
+    from .lm import local_lm, local_reasoner
 
     resolve_device(settings["device"])
     model = settings["model"]
@@ -251,12 +249,7 @@ def _lm(settings: dict[str, Any]) -> Any:
         cache=not settings["no_cache"],
     )
     dspy.configure(lm=lm, adapter=ForcedExtractionAdapter())
-    return lm
-
-
-def _generations(lm: Any) -> int:
-    """Sequences the task model generated so far (every route: DSPy calls and GReaTer's search)."""
-    return generation_counts(lm.engine.reasoner)[0]
+    return lm, local_reasoner(lm)
 
 
 class _Spending:
@@ -266,20 +259,23 @@ class _Spending:
 
     FILE = "spent.json"
 
-    def __init__(self, folder: Path, lm: Any, carried: bool, every: float = 30.0) -> None:
-        self.file, self.lm, self.every = folder / self.FILE, lm, every
+    def __init__(self, folder: Path, reasoner: Any, carried: bool, every: float = 30.0) -> None:
+        self.file, self.reasoner, self.every = folder / self.FILE, reasoner, every
         earlier = json.loads(self.file.read_text()) if carried and self.file.exists() else {}
         self.earlier_seconds = float(earlier.get("seconds", 0.0))
         self.earlier_generations = int(earlier.get("generations", 0))
-        self.started, self.generated = time.perf_counter(), _generations(lm)
+        self.started, self.generated = time.perf_counter(), self._generations()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep, name="dspy-greater-spent", daemon=True)
 
     def totals(self) -> tuple[float, int]:
         return (
             self.earlier_seconds + time.perf_counter() - self.started,
-            self.earlier_generations + _generations(self.lm) - self.generated,
+            self.earlier_generations + self._generations() - self.generated,
         )
+
+    def _generations(self) -> int:
+        return generation_counts(self.reasoner)[0]
 
     def save(self) -> None:
         seconds, generations = self.totals()
@@ -400,16 +396,15 @@ def _optimize(args: argparse.Namespace) -> int:
         print(f"{folder} is finished; its result:")
         print((folder / "result.json").read_text())
         return 0
-    lm = _lm(settings)
-    counts = generation_counts(lm.engine.reasoner)
+    lm, reasoner = _lm(settings)
+    counts = generation_counts(reasoner)
     program = task.program(settings["instructions"])
     logger.info("%s: %s", task.name, task.protocol)
     # GReaTer and GEPA continue where they stopped: count their earlier sessions' cost too.
     carried = args.resume and args.optimizer in RESUMABLE
-    with _Spending(folder, lm, carried) as spending:
-        compiled, history = _run_optimizer(
-            args.optimizer, program, task, lm, settings, folder, args.resume, args.threads
-        )
+    setup = Setup(program, task, lm, settings, folder, args.resume, args.threads)
+    with _Spending(folder, reasoner, carried) as spending:
+        compiled, history = OPTIMIZERS[args.optimizer](setup)
         seconds, generations = spending.totals()
     compiled.save(str(folder / "program.json"))
     write_json_atomically(folder / "history.json", _jsonable(history))
@@ -444,121 +439,14 @@ def _optimize(args: argparse.Namespace) -> int:
             f"{scores['dev_result']:.3f}"
         )
     print(f"  wrote {folder / 'program.json'}")
-    _note_truncation(lm, counts)
+    _note_truncation(reasoner, counts)
     return 0
 
 
-def _note_truncation(lm: Any, since: tuple[int, int]) -> None:
-    note = truncation_note(lm.engine.reasoner, since)
+def _note_truncation(reasoner: Any, since: tuple[int, int]) -> None:
+    note = truncation_note(reasoner, since)
     if note:
         logger.info(note)
-
-
-def _run_optimizer(
-    name: str,
-    program: Any,
-    task: Any,
-    lm: Any,
-    settings: dict[str, Any],
-    folder: Path,
-    resume: bool,
-    threads: int,
-) -> tuple[Any, Any]:
-    """The compiled program and a JSON-able history of how the optimizer got there."""
-    import dspy
-
-    train, dev, seed = task.splits.train, task.splits.dev or None, settings["seed"]
-    if name == "none":
-        return program.deepcopy(), {"note": "the starting program, unchanged"}
-    if name == "greater":
-        from .teleprompter import GReaTer
-
-        optimizer = GReaTer(
-            metric=task.metric,
-            auto=settings["budget"],
-            steps=settings["steps"],
-            seed=seed,
-            device=settings["device"],
-            num_threads=threads,
-        )
-        run_dir = folder / "greater"
-        compiled = optimizer.compile(
-            program,
-            trainset=train,
-            valset=dev,
-            run_dir=run_dir,
-            resume=resume and (run_dir / "run.json").exists(),
-        )
-        return compiled, {"run_dir": str(run_dir), "note": "the full history is in run_dir"}
-    if name == "copro":
-        optimizer = dspy.COPRO(
-            prompt_model=lm,
-            metric=task.metric,
-            breadth=settings["candidates"],
-            depth=settings["depth"],
-            track_stats=True,
-        )
-        # COPRO selects on its trainset: it gets train and dev, the data GReaTer sees in all.
-        compiled = optimizer.compile(
-            program,
-            trainset=train + (dev or []),
-            eval_kwargs={"num_threads": threads, "display_progress": False},
-        )
-        return compiled, {"candidates": getattr(compiled, "candidate_programs", [])}
-    if name == "miprov2":
-        try:
-            import optuna  # noqa: F401  (MIPROv2 imports it only after its proposals)
-        except ImportError as exc:
-            raise CliError("MIPROv2 needs optuna: pip install 'dspy-greater[optimizers]'.") from exc
-        optimizer = dspy.MIPROv2(
-            metric=task.metric,
-            prompt_model=lm,
-            task_model=lm,
-            max_bootstrapped_demos=0,
-            max_labeled_demos=0,
-            auto=None,
-            num_candidates=settings["candidates"],
-            num_threads=threads,
-            seed=seed,
-            verbose=False,
-        )
-        compiled = optimizer.compile(
-            program,
-            trainset=train,
-            valset=dev,
-            num_trials=settings["trials"],
-            minibatch=bool(dev) and len(dev) > 35,
-            requires_permission_to_run=False,
-        )
-        return compiled, {"trials": getattr(compiled, "trial_logs", {})}
-    if name == "gepa":
-        metric = task.metric
-
-        def feedback(
-            gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
-        ) -> Any:
-            right = bool(metric(gold, pred))
-            return dspy.Prediction(
-                score=float(right),
-                feedback="Correct." if right else (f"Wrong: the answer is {gold.answer}."),
-            )
-
-        optimizer = dspy.GEPA(
-            metric=feedback,
-            max_metric_calls=settings["metric_calls"],
-            reflection_lm=lm,
-            num_threads=threads,
-            seed=seed,
-            log_dir=str(folder / "gepa"),
-            track_stats=True,
-        )
-        compiled = optimizer.compile(program, trainset=train, valset=dev)
-        results = getattr(compiled, "detailed_results", None)
-        return compiled, {
-            "candidates": getattr(results, "candidates", []),
-            "scores": getattr(results, "val_aggregate_scores", []),
-        }
-    raise CliError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
 
 
 # -- evaluate ------------------------------------------------------------------------------------
@@ -598,10 +486,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not examples:
         raise CliError(f"The {args.split} split of {task.name} is empty with these sizes.")
     program = _load_program(path, task)  # before the engine: a bad file fails in a second
-    lm = _lm(settings)
+    _, reasoner = _lm(settings)
     from .data import majority_class_rate, standard_error
 
-    started, counts = time.perf_counter(), generation_counts(lm.engine.reasoner)
+    started, counts = time.perf_counter(), generation_counts(reasoner)
     accuracy = _accuracy(program, examples, task.metric, args.threads)
     result = {
         "program": str(path),
@@ -614,7 +502,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "standard_error": standard_error(accuracy, len(examples)),
         "majority": majority_class_rate(examples),
         "seconds": time.perf_counter() - started,
-        "generations": _generations(lm) - counts[0],
+        "generations": generation_counts(reasoner)[0] - counts[0],
         "instructions": {n: p.signature.instructions for n, p in program.named_predictors()},
     }
     write_json_atomically(out, result)
@@ -622,7 +510,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{task.name} {args.split} (n={len(examples)}): accuracy {accuracy:.3f} ± "
         f"{result['standard_error']:.3f} (majority class {result['majority']:.3f}); wrote {out}"
     )
-    _note_truncation(lm, counts)
+    _note_truncation(reasoner, counts)
     return 0
 
 

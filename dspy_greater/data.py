@@ -169,4 +169,4 @@ def standard_error(accuracy: float, n: int) -> float:
     """Binomial standard error of an accuracy measured on ``n`` examples."""
     if n < 1:
         raise ValueError("standard_error needs n >= 1.")
-    return math.sqrt(accuracy * (1 - accuracy) / n)
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n)  # 0 outside [0, 1]

@@ -389,7 +389,7 @@ class ServerReasoner:
         if self.model_name not in models:
             return ServerUnavailable(
                 f"The server at {self.api_base} serves {models}, not {self.model_name!r}. Name the "
-                f"LM after one of them, e.g. dspy.LM('hosted_vllm/{models[0] if models else 'NAME'}', ...)."
+                f"LM after one of them, e.g. dspy.LM('hosted_vllm/{(models or ['NAME'])[0]}', ...)."
             )
         if "continue_final_message" in str(exc) or "add_generation_prompt" in str(exc):
             return ServerUnavailable(
@@ -407,7 +407,8 @@ class ServerReasoner:
         stop: Sequence[str] = (),
         continue_final_message: bool = False,
     ) -> list[Completion]:
-        """Complete each conversation greedily on the server (see :class:`~dspy_greater.engines.base.Reasoner`).
+        """Complete each conversation greedily on the server (see
+        :class:`~dspy_greater.engines.base.Reasoner`).
 
         The token ids are the completion text re-tokenized: a server returns text.
         """

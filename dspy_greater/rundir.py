@@ -156,7 +156,7 @@ class RunDir:
     def _check(self, stored: dict[str, Any]) -> None:
         if stored.get("schema") != SCHEMA:
             raise RunDirMismatch(
-                f"{self.run_file} has schema {stored.get('schema')!r}; this version of dspy-greater "
+                f"{self.run_file} has schema {stored.get('schema')!r}; this dspy-greater "
                 f"writes schema {SCHEMA}. Start a new run directory."
             )
         old = stored.get("config", {})
@@ -184,9 +184,6 @@ class RunDir:
         data = self._read()
         data["state"] = state_to_json(state)
         write_json_atomically(self.run_file, data)
-
-    def result(self) -> dict[str, Any] | None:
-        return self._read()["result"]
 
     def save_result(self, result: dict[str, Any]) -> None:
         data = self._read()

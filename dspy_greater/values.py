@@ -1,5 +1,5 @@
-"""A field's value as DSPy types it: closed sets (``bool``, ``Literal``, ``Enum``) mapped from what a
-small model writes, numbers found in prose, everything else by DSPy's own ``parse_value``."""
+"""A field's value as DSPy types it: closed sets (``bool``, ``Literal``, ``Enum``) mapped from what
+a small model writes, numbers found in prose, everything else by DSPy's own ``parse_value``."""
 
 from __future__ import annotations
 

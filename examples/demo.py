@@ -15,10 +15,10 @@ import argparse
 import time
 
 import dspy
-from dspy_greater.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
+from dspy_greater.lm import local_lm
 from dspy_greater.logs import configure_logging
 
 

@@ -23,10 +23,10 @@ import time
 from typing import Any, Literal
 
 import dspy
-from dspy_greater.lm import local_lm
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
+from dspy_greater.lm import local_lm
 
 
 def answer_type(examples: list[dspy.Example]) -> Any:

@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from dspy_greater.engines.hf import HFGradientModel
-from dspy_greater.engines import make_reasoner
-from dspy_greater.engines.same_model import check_same_model
-
 import dspy_greater
+from dspy_greater.engines import make_reasoner
+from dspy_greater.engines.hf import HFGradientModel
+from dspy_greater.engines.same_model import check_same_model
 from dspy_greater.renderers import ChatTemplateRenderer
-from dspy_greater.search import PAPER_PROMPT
-from dspy_greater.search import GreaterConfig, run_greater
+from dspy_greater.search import PAPER_PROMPT, GreaterConfig, run_greater
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_CACHE, ignore_errors=True)
 
 
-# The benchmark data beside the checkout (as CI lays it out), or where DSPY_GREATER_SHARED_DATA says.
+# The benchmark data beside the checkout (as CI lays it out), or at DSPY_GREATER_SHARED_DATA.
 SHARED_DATA = Path(
     os.environ.get("DSPY_GREATER_SHARED_DATA")
     or Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -12,13 +12,13 @@ from typing import Literal
 import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
-from dspy_greater.engines.base import chat_prompt_ids
-from dspy_greater.engines.hf import HFGradientModel, HFReasoner
-from dspy_greater.lm import LocalEngine, local_lm
 
 import dspy_greater
-from dspy_greater.errors import GreaterError, SlotError
 from dspy_greater.adapter import CannotContinue, ForcedExtractionAdapter
+from dspy_greater.engines.base import chat_prompt_ids
+from dspy_greater.engines.hf import HFGradientModel, HFReasoner
+from dspy_greater.errors import GreaterError, SlotError
+from dspy_greater.lm import LocalEngine, local_lm
 from dspy_greater.renderers import AdapterRenderer
 from dspy_greater.values import map_to_choice, parse_field
 
@@ -166,7 +166,7 @@ def test_unmappable_answers_are_wrong_answers_not_errors(lm, bbh):
     answers = [prediction.answer for _, prediction, _ in result.results]
     assert len(answers) == len(examples)  # max_errors=1 did not stop the evaluation
     assert all(a in ("yes", "no", None) for a in answers)
-    unmapped = [ex for ex, a in zip(examples, answers) if a is None]
+    unmapped = [ex for ex, a in zip(examples, answers, strict=True) if a is None]
     if not unmapped:
         pytest.skip("SmolLM2 named a label every time; nothing unmappable to check")
     with dspy.context(
@@ -367,7 +367,7 @@ def test_the_renderer_scores_exactly_what_the_adapter_generates(smollm2, bbh):
     renderer = AdapterRenderer(program.predict.signature, reasoner.tokenizer, adapter)
     model = HFGradientModel(smollm2, dtype="float32")
     rendered = []
-    for example, prediction, raw in zip(examples, predictions, raw_answers):
+    for example, prediction, raw in zip(examples, predictions, raw_answers, strict=True):
         if not prediction.answer or raw != prediction.answer:  # the gold must be the raw tokens
             continue
         generated = dspy.Example(question=example.question, answer=prediction.answer)

@@ -6,12 +6,10 @@ import random
 
 import pytest
 import torch
+
 from dspy_greater.engines.hf import HFGradientModel
-
 from dspy_greater.renderers import ChatTemplateRenderer
-
-from dspy_greater.search import PAPER_PROMPT
-from dspy_greater.search import readable_tokens
+from dspy_greater.search import PAPER_PROMPT, readable_tokens
 
 
 class QA:
@@ -131,9 +129,8 @@ def test_gradient_ranks_candidates_like_exact_substitution_on_smollm2(smollm2, r
     The linearisation is rough (the answer loss runs at temperature 0.2), so we ask for what GReaTer
     needs: across prompt positions the rank correlation is positive on average (chance is 0).
     """
-    from dspy_greater.engines.hf import HFReasoner
-
     import dspy_greater
+    from dspy_greater.engines.hf import HFReasoner
 
     model = HFGradientModel(smollm2)
     renderer = ChatTemplateRenderer(model.tokenizer)
@@ -143,7 +140,9 @@ def test_gradient_ranks_candidates_like_exact_substitution_on_smollm2(smollm2, r
     prompt = renderer.encode_prompt(PAPER_PROMPT, examples[0])
     contexts = [renderer.render(prompt, ex).context for ex in examples]
     reasonings = HFReasoner(smollm2, batch_size=4).generate(contexts, max_new_tokens=32)
-    rendered = [renderer.render(prompt, ex, r.token_ids) for ex, r in zip(examples, reasonings)]
+    rendered = [
+        renderer.render(prompt, ex, r.token_ids) for ex, r in zip(examples, reasonings, strict=True)
+    ]
     allowed = readable_tokens(model.vocab, model.special_ids)
     loss_args = dict(answer_temperature=0.2, fluency_weight=0.2)
 

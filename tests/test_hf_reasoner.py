@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from dspy_greater.engines.base import Reasoner
 from dspy_greater.engines.hf import HFReasoner
-
 from dspy_greater.errors import DeviceUnavailable
 
 CONV = [{"role": "user", "content": "Name a colour."}]

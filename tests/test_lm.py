@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
-from dspy_greater.engines.hf import HFReasoner
+
 from dspy_greater.engines import make_reasoner
+from dspy_greater.engines.hf import HFReasoner
 from dspy_greater.lm import LocalEngine, local_lm
 
 

@@ -1,4 +1,4 @@
-"""The distribution ships `adapters/` as `dspy_greater.adapters`, the BBH files and py.typed."""
+"""The distribution ships the package with its engines, the BBH files and py.typed."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def test_wheel_contents_and_a_normal_install_import(tmp_path):
     shutil.rmtree(ROOT / "build", ignore_errors=True)
     [wheel] = (tmp_path / "dist").glob("dspy_greater-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "dspy_greater/adapters/__init__.py" in names
-    assert "dspy_greater/adapters/hf.py" in names
+    assert "dspy_greater/engines/__init__.py" in names
+    assert "dspy_greater/engines/hf.py" in names
     assert "dspy_greater/py.typed" in names
     assert "dspy_greater/tasks/bbh/LICENSE" in names
     assert "dspy_greater/tasks/bbh/sports_understanding.json" in names

@@ -6,10 +6,10 @@ import json
 from dataclasses import asdict
 
 import pytest
-from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 
-from dspy_greater.renderers import ChatTemplateRenderer
+from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 from dspy_greater.errors import GreaterError
+from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.rundir import GenerationStore, RunDir, RunDirMismatch
 from dspy_greater.search import GreaterConfig, run_greater
 from tests.test_search import TINY_EXAMPLES

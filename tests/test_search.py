@@ -6,13 +6,14 @@ import random
 from dataclasses import asdict
 
 import pytest
-from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 
 import dspy_greater
-from dspy_greater.renderers import ChatTemplateRenderer
-from dspy_greater.search import PAPER_PROMPT
+from dspy_greater.engines.hf import HFGradientModel, HFReasoner
+from dspy_greater.engines.same_model import ModelMismatch, check_same_model
 from dspy_greater.errors import DeviceUnavailable
+from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.search import (
+    PAPER_PROMPT,
     GreaterConfig,
     PromptScore,
     advance,
@@ -53,13 +54,10 @@ def test_propose_is_seeded_and_seeds_matter():
     rng = random.Random(42)
     ranked = [rng.sample(range(40), 20) for _ in range(12)]
     config = GreaterConfig(top_k=12, min_candidates=1, subset_size=3, num_subsets=2)
-    draw = lambda seed: propose(
-        ranked,
-        current=0,
-        previous=None,
-        config=config,
-        rng=random.Random(seed),
-    )
+
+    def draw(seed):
+        return propose(ranked, current=0, previous=None, config=config, rng=random.Random(seed))
+
     assert draw(1) == draw(1)
     assert len({tuple(draw(seed)[0]) for seed in range(8)}) > 1
 

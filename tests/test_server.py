@@ -7,6 +7,7 @@ from typing import Literal
 import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
+
 from dspy_greater.engines.vllm_server import ServerUnavailable, free_port, launch_vllm_server
 from dspy_greater.lm import ServerReasoner
 
@@ -85,9 +86,8 @@ def test_a_port_in_use_is_refused(server, smollm2):
 
 @pytest.mark.parametrize("model", [f"hosted_vllm/{SERVED_NAME}", f"openai/{SERVED_NAME}"])
 def test_the_forced_extraction_adapter_runs_on_the_server(server, vllm_reasoner, model):
-    from dspy_greater.lm import local_lm
-
     from dspy_greater.adapter import ForcedExtractionAdapter
+    from dspy_greater.lm import local_lm
 
     questions = ["Is Paris in France?", "Is the sun cold?"]
     program = dspy.ChainOfThought(YesNo)

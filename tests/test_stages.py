@@ -10,13 +10,13 @@ import json
 
 import dspy
 import pytest
-from dspy_greater.engines.hf import HFReasoner
-from dspy_greater.lm import local_lm
 
 from dspy_greater import ForcedExtractionAdapter, GReaTer
-from dspy_greater.errors import GreaterError
-from dspy_greater.search import GreaterConfig
 from dspy_greater.bridge import stage_examples, trace_program
+from dspy_greater.engines.hf import HFReasoner
+from dspy_greater.errors import GreaterError
+from dspy_greater.lm import local_lm
+from dspy_greater.search import GreaterConfig
 
 CONFIG = GreaterConfig(
     steps=2,
@@ -125,7 +125,9 @@ def test_a_two_stage_program_compiles_every_stage_and_resumes_in_the_second(smol
     assert student.dump_state() == before
     run = compiled.greater_run
     assert [s.predictor for s in run.stages] == ["draft.predict", "answer.predict"]
-    for stage, predictor in zip(run.stages, (compiled.draft.predict, compiled.answer.predict)):
+    for stage, predictor in zip(
+        run.stages, (compiled.draft.predict, compiled.answer.predict), strict=True
+    ):
         assert stage.skipped is None and stage.targets == "traces" and stage.examples == 3
         assert len(stage.history) == SMOL_CONFIG.steps
         assert predictor.signature.instructions == stage.instructions

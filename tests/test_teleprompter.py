@@ -11,13 +11,13 @@ from pathlib import Path
 
 import dspy
 import pytest
-from dspy_greater.engines.hf import HFReasoner
-from dspy_greater.lm import local_lm
-from dspy_greater.engines.same_model import ModelMismatch
 
 from dspy_greater import GReaTer, bbh_metric
-from dspy_greater.errors import GreaterError
 from dspy_greater.adapter import ForcedExtractionAdapter
+from dspy_greater.engines.hf import HFReasoner
+from dspy_greater.engines.same_model import ModelMismatch
+from dspy_greater.errors import GreaterError
+from dspy_greater.lm import local_lm
 from dspy_greater.search import GreaterConfig
 
 TINY_CONFIG = GreaterConfig(

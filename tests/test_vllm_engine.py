@@ -6,11 +6,11 @@ import multiprocessing
 import time
 
 import pytest
+
 from dspy_greater.engines.base import Reasoner
 from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 from dspy_greater.engines.same_model import ModelMismatch, check_same_model
 from dspy_greater.engines.vllm_engine import VLLMReasoner, apply_cpu_defaults
-
 from dspy_greater.errors import EngineStartFailed
 from tests.conftest import broken_copy
 
@@ -36,7 +36,7 @@ def test_greedy_completions_match_hf_generate(smollm2, vllm_reasoner):
     hf = HFReasoner(smollm2, batch_size=4)
     ours = vllm_reasoner.chat(CONVERSATIONS, max_new_tokens=24)
     theirs = hf.chat(CONVERSATIONS, max_new_tokens=24)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         # fp32 on both sides; a divergence late in a chain can come from kernel rounding ties,
         # so compare the first 16 tokens exactly and report the rest.
         assert a.token_ids[:16] == b.token_ids[:16]

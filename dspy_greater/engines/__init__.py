@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 def make_reasoner(
     model: str | os.PathLike[str], *, backend: str = "auto", **kwargs: Any
 ) -> Reasoner:
-    """A local reasoner: ``"vllm"``, ``"hf"`` (transformers), or ``"auto"`` (vLLM when installed)."""
+    """A local reasoner: ``"vllm"``, ``"hf"`` (transformers), or ``"auto"``: vLLM if installed."""
     from .vllm_engine import VLLMReasoner, vllm_available
 
     if backend == "auto":

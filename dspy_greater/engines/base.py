@@ -97,7 +97,7 @@ class Reasoner(Protocol):
         ...
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
-        """log P(ids[t] | ids[:t]) for t = 1 .. len(ids) - 1 (to check two engines are one model)."""
+        """log P(ids[t] | ids[:t]) for t = 1 .. len(ids) - 1 (to check engines are one model)."""
         ...
 
 

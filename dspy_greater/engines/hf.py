@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceUnavailable
-
 from .base import Completion, ExampleScore, RenderedExample, TemplateChat
 
 logger = logging.getLogger(__name__)
@@ -217,7 +216,7 @@ class HFGradientModel:
         return out.last_hidden_state[0], out.past_key_values
 
     def _prefix(self, example: RenderedExample, position: int) -> tuple[Any, Any, int]:
-        """Run the ids before prompt ``position`` without gradient: (hidden, cache, abs position)."""
+        """Run the ids before prompt ``position`` without gradient: (hidden, cache, position)."""
         at = example.slot.start + position
         # position == slot length asks about the token that would follow the prompt.
         if not 0 <= position <= example.slot.stop - example.slot.start:

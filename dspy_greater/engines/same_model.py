@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from ..errors import GreaterError
-
 from .base import chat_prompt_ids
 
 logger = logging.getLogger(__name__)

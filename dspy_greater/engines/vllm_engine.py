@@ -16,7 +16,6 @@ from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 from ..errors import ContextTooLong, EngineStartFailed, GreaterError
-
 from .base import Completion, TemplateChat
 
 logger = logging.getLogger(__name__)

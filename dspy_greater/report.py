@@ -1,0 +1,158 @@
+"""The report of a compile: one :class:`StageRun` per predictor and round, the
+:class:`GReaTerRun` that holds them, their JSON in the run directory, the log summary, and the plot.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .data import standard_error
+from .search import GreaterResult, StepRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageRun:
+    """One predictor's optimization (one per predictor and round)."""
+
+    predictor: str
+    round: int
+    start_instructions: str
+    instructions: str
+    validation: dict[str, float]  # candidate instructions -> validation score (the rest fixed)
+    train_scores: list[float]  # the metric on the training batch after each step
+    validation_per_step: list[float | None]  # None where validate_every_step=False
+    targets: str  # "labels" (the examples' own) or "traces" (from runs that passed the metric)
+    examples: int  # how many examples the gradients were taken on
+    search: GreaterResult | None = None
+    skipped: str | None = None  # why this stage was not optimized
+    model: str | None = None  # the folder of the model it reasoned and took gradients on
+
+    @property
+    def history(self) -> list[StepRecord]:
+        """Each step's record (candidates, gradient ranks, scores, timings)."""
+        return self.search.history if self.search is not None else []
+
+
+@dataclass
+class GReaTerRun:
+    """What one compile did; also in ``run_dir/run.json``. Attached to the compiled program as
+    ``compiled.greater_run`` (DSPy does not save it; the run directory keeps it). ``stages``
+    holds one :class:`StageRun` per predictor and round; for a one-predictor program the
+    fields of its last round's stage read directly (``run.instructions``, ``run.history``, ...)."""
+
+    run_dir: Path
+    placement: str
+    model: str | dict[str, str]  # {predictor: folder} where the predictors use other models
+    proxy_model: bool  # the gradients and reasoning ran on task_lm, not the program's LM
+    validation_size: int
+    validation_from_trainset: bool
+    stages: list[StageRun]
+
+    @property
+    def only_stage(self) -> StageRun:
+        """The one predictor's stage (its last round's, with ``rounds`` > 1)."""
+        predictors = list(dict.fromkeys(stage.predictor for stage in self.stages))
+        if len(predictors) != 1:
+            raise AttributeError(
+                f"This run optimized the predictors {predictors}; read their "
+                "stages from run.stages."
+            )
+        return self.stages[-1]
+
+    predictor = property(lambda self: self.only_stage.predictor)
+    start_instructions = property(lambda self: self.only_stage.start_instructions)
+    instructions = property(lambda self: self.only_stage.instructions)
+    validation = property(lambda self: self.only_stage.validation)
+    train_scores = property(lambda self: self.only_stage.train_scores)
+    search = property(lambda self: self.only_stage.search)
+    history = property(lambda self: self.only_stage.history)
+
+
+def stage_json(stage: StageRun) -> dict[str, Any]:
+    return {
+        "predictor": stage.predictor,
+        "round": stage.round,
+        "start_instructions": stage.start_instructions,
+        "instructions": stage.instructions,
+        "validation": stage.validation,
+        "train_scores": stage.train_scores,
+        "validation_per_step": stage.validation_per_step,
+        "targets": stage.targets,
+        "examples": stage.examples,
+        "skipped": stage.skipped,
+        "model": stage.model,
+    }
+
+
+def log_summary(stages: list[StageRun], validation_size: int) -> None:
+    """One line per stage: its start and its result, with their validation scores."""
+    for stage in stages:
+        start = stage.validation.get(stage.start_instructions)
+        best = stage.validation.get(stage.instructions)
+        logger.info(
+            "GReaTer %s (round %d): %r -> %r; validation %s -> %s (n=%d)",
+            stage.predictor,
+            stage.round,
+            stage.start_instructions,
+            stage.instructions,
+            _with_error(start, validation_size),
+            _with_error(best, validation_size),
+            validation_size,
+        )
+
+
+def _with_error(score: float | None, n: int) -> str:
+    return "-" if score is None else f"{score:.3f} ± {standard_error(score, n):.3f}"
+
+
+def plot_scores(path: Path, stages: list[StageRun]) -> None:
+    """Train and validation score per step (stages one after another), as a PNG. Drawn on a
+    figure of its own, not through pyplot: a notebook's backend and figures stay as they are."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot (pip install matplotlib).")
+        return
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
+    train, checked, offset = [], [], 0
+    for stage in stages:
+        for i, (score, value) in enumerate(
+            zip(stage.train_scores, stage.validation_per_step, strict=True), offset + 1
+        ):
+            train.append((i, score))
+            if value is not None:
+                checked.append((i, value))
+        if len(stages) > 1 and stage.history:
+            axes.axvline(offset + 0.5, color="lightgrey")
+            axes.text(
+                offset + 0.6,
+                0.02,
+                stage.predictor,
+                fontsize=7,
+                rotation=90,
+                transform=axes.get_xaxis_transform(),
+            )
+        offset += len(stage.history)
+    if train:
+        axes.plot(*zip(*train, strict=True), marker="o", label="train batch (metric)")
+    if checked:
+        axes.plot(*zip(*checked, strict=True), marker="s", label="validation")
+    starts = [
+        s.validation[s.start_instructions]
+        for s in stages[:1]
+        if s.start_instructions in s.validation
+    ]
+    if starts:
+        axes.axhline(starts[0], color="grey", linestyle="--", label="start (validation)")
+    axes.set_xlabel("step")
+    axes.set_ylabel("score")
+    axes.set_title("GReaTer")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
