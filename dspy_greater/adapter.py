@@ -232,7 +232,7 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
                 options["max_tokens"] = min(budget, self.max_value_tokens)
             elif single:
                 options["max_tokens"] = self.max_value_tokens
-            if constrain:
+            if constrain and choices is not None:
                 options["response_format"] = {
                     "type": "json_schema",
                     "json_schema": {

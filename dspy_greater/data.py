@@ -115,7 +115,7 @@ def bbh_answer_matches(prediction: str, target: str) -> bool:
     choice = _CHOICE.match(target)
     if choice:
         found = _CHOICE_IN_TEXT.search(prediction)
-        return bool(found) and (found.group(1) or found.group(2)) == choice.group(1)
+        return found is not None and (found.group(1) or found.group(2)) == choice.group(1)
     if _NUMBER.fullmatch(target):
         value = _as_number(prediction)
         return value is not None and math.isclose(value, float(target.replace(",", "")))

@@ -89,8 +89,8 @@ class LocalEngine:
             )
         continuing = conversation[-1]["role"] == "assistant"
         [ids] = chat_prompt_ids(
-            self.reasoner.tokenizer,
-            [conversation],  # type: ignore[attr-defined]
+            self.reasoner.tokenizer,  # type: ignore[attr-defined]
+            [conversation],
             continue_final_message=continuing,
         )
         future: Future = Future()

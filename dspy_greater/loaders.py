@@ -256,6 +256,7 @@ def load_task(
     """
     data = str(data)
     kind = _kind(data)
+    inputs: tuple[str, ...]
     if kind == "bbh":
         examples = load_bbh(data)
         name, metric, inputs = (

@@ -112,7 +112,7 @@ def _miprov2(setup: Setup) -> tuple[Any, Any]:
         trainset=setup.train,
         valset=dev,
         num_trials=setup.settings["trials"],
-        minibatch=bool(dev) and len(dev) > 35,
+        minibatch=len(dev or []) > 35,
         requires_permission_to_run=False,
     )
     return compiled, {"trials": getattr(compiled, "trial_logs", {})}

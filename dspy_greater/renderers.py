@@ -199,8 +199,8 @@ class AdapterRenderer:
     # ``adapter.constrains(lm)``); a ``str`` answer is written as is either way.
     constrained: bool = True
 
-    continue_final_message = True
-    stop = (STOP,)
+    continue_final_message: ClassVar[bool] = True
+    stop: ClassVar[tuple[str, ...]] = (STOP,)
 
     def __post_init__(self) -> None:
         self.reasoning_field, self.answer_field = reasoning_and_answer(

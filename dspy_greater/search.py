@@ -401,7 +401,7 @@ def run_greater(
     prompt, position, history = state.prompt, state.position, list(state.history)
     initial_score = search.score(state.initial)
 
-    steps = range(state.steps_done, config.steps)
+    steps: Any = range(state.steps_done, config.steps)
     if progress:
         from tqdm.auto import tqdm
 

@@ -215,8 +215,11 @@ class Renderer(Protocol):
     their last (assistant) message is continued, and where the reasoning ends.
     """
 
-    continue_final_message: bool
-    stop: tuple[str, ...]
+    @property
+    def continue_final_message(self) -> bool: ...
+
+    @property
+    def stop(self) -> tuple[str, ...]: ...
 
     def render(
         self, prompt_ids: Sequence[int], example: Any, reasoning_ids: Sequence[int] = ()

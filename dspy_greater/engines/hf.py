@@ -51,7 +51,8 @@ def load_causal_lm(model: str | os.PathLike[str], *, dtype: str, device: str) ->
         raise ValueError(f"The tokenizer of {path} has no chat template; use an instruct model.")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"The tokenizer of {path} is not a fast tokenizer (offsets are needed).")
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    lm = lm.to(device).eval()
     if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise ValueError(
             f"The model in {path} has {lm.get_input_embeddings().weight.shape[0]} embeddings but "

@@ -88,7 +88,7 @@ def _start_engine(vllm: Any, path: str, start_timeout: float, **kwargs: Any) -> 
             if any(p.exitcode is not None for p in spawned) or time.monotonic() > deadline:
                 failed.set()
                 _kill(spawned | (set(multiprocessing.active_children()) - ours))
-                if previous is not None:
+                if previous is not None and waiting.ident is not None:
                     signal.pthread_kill(waiting.ident, signal.SIGUSR1)  # ends vLLM's wait
 
     threading.Thread(target=watch, name="dspy-greater-vllm-start", daemon=True).start()
