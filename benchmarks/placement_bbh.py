@@ -20,34 +20,18 @@ import time
 from pathlib import Path
 
 import dspy
+from common import load_bbh
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
 from dspy_greater.lm import local_lm
 from dspy_greater.search import PAPER_PROMPT
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
 PLACEMENTS = ("system", "after_inputs")
 
 
-def load(task: str) -> list[dspy.Example]:
-    path = SHARED / f"{task}.json"
-    return dspy_greater.load_bbh(path if path.exists() else task)
-
-
-def accuracy(program: dspy.Module, examples: list[dspy.Example]) -> float:
-    result = dspy.Evaluate(
-        devset=examples,
-        metric=dspy_greater.bbh_metric,
-        num_threads=32,
-        display_progress=False,
-        max_errors=len(examples) + 1,
-    )(program)
-    return result.score / 100
-
-
 def run_one(task: str, placement: str, args: argparse.Namespace) -> dict:
-    examples = load(task)
+    examples = load_bbh(task)
     splits = dspy_greater.split(examples, train=args.train, dev=args.dev, seed=args.seed)
     test = splits.test[: args.test]
     adapter = ForcedExtractionAdapter(instructions=placement)
@@ -68,7 +52,7 @@ def run_one(task: str, placement: str, args: argparse.Namespace) -> dict:
             program, trainset=splits.train, valset=splits.dev, run_dir=run_dir, resume=resume
         )
         optimized_seconds = time.perf_counter() - started
-        before, after = accuracy(program, test), accuracy(compiled, test)
+        before, after = dspy_greater.accuracy(program, test), dspy_greater.accuracy(compiled, test)
     run = compiled.greater_run
     return {
         "task": task,

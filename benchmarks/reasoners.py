@@ -10,10 +10,9 @@ generation throughput and vLLM's prefix-cache hit rate.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import time
+
+from common import report, run_child, timed_step
 
 
 def one_step(backend: str, examples: int, tokens: int, dtype: str) -> dict:
@@ -34,8 +33,6 @@ def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str 
     import dspy_greater
     from dspy_greater.engines import make_reasoner
     from dspy_greater.engines.hf import HFGradientModel
-    from dspy_greater.renderers import ChatTemplateRenderer
-    from dspy_greater.search import PAPER_PROMPT, GreaterConfig, run_greater
 
     path = dspy_greater.default_model()
     data = dspy_greater.split(
@@ -66,20 +63,7 @@ def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str 
         return outs
 
     reasoner.chat = counting
-    config = GreaterConfig.budget(
-        "light", steps=1, num_examples=examples, max_reasoning_tokens=tokens
-    )
-    started = time.perf_counter()
-    result = run_greater(
-        data,
-        initial_prompt=PAPER_PROMPT,
-        config=config,
-        renderer=ChatTemplateRenderer(model.tokenizer),
-        reasoner=reasoner,
-        gradient_model=model,
-        progress=False,
-    )
-    total = time.perf_counter() - started
+    result, total = timed_step(data, reasoner, model, tokens)
     [step] = result.history
     generation = result.setup_seconds["reason"] + step.seconds["select_generation"]
     hit_rate = getattr(reasoner, "prefix_cache_hit_rate", lambda: None)()
@@ -107,13 +91,12 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT", json.dumps(one_step(args.child, args.examples, args.tokens, args.dtype)))
+        report(one_step(args.child, args.examples, args.tokens, args.dtype))
         return
     rows = []
     for backend in args.backends.split(","):
-        out = subprocess.run(
-            [
-                sys.executable,
+        rows.append(
+            run_child(
                 __file__,
                 "--child",
                 backend,
@@ -123,19 +106,6 @@ def main() -> None:
                 str(args.tokens),
                 "--dtype",
                 args.dtype,
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        # The engines may log to stdout too: take the marked line.
-        rows.append(
-            json.loads(
-                next(
-                    line[len("RESULT ") :]
-                    for line in out.splitlines()
-                    if line.startswith("RESULT ")
-                )
             )
         )
     print(

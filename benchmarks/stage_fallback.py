@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import dspy
+from common import load_bbh
 
 import dspy_greater
 from dspy_greater import ForcedExtractionAdapter, GReaTer
@@ -32,23 +33,17 @@ from dspy_greater.lm import local_lm
 from dspy_greater.search import GreaterConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "bbh"
 _spec = importlib.util.spec_from_file_location("pipelines", ROOT / "examples" / "pipelines.py")
 pipelines = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pipelines)
 
 
-def load(task: str) -> list[dspy.Example]:
-    path = SHARED / f"{task}.json"
-    return dspy_greater.load_bbh(path if path.exists() else task)
-
-
 def run_one(task: str, name: str, args: argparse.Namespace) -> dict:
-    examples = load(task)
+    examples = load_bbh(task)
     splits = dspy_greater.split(examples, train=args.train, dev=args.dev, seed=args.seed)
     test = splits.test[: args.test]
     program = pipelines.PIPELINES[name](pipelines.answer_type(examples))
-    passing = round(pipelines.accuracy(program, splits.train) * len(splits.train))
+    passing = round(dspy_greater.accuracy(program, splits.train) * len(splits.train))
     row = {
         "task": task,
         "pipeline": name,
@@ -85,8 +80,8 @@ def run_one(task: str, name: str, args: argparse.Namespace) -> dict:
     row.update(
         test_size=len(test),
         majority=dspy_greater.majority_class_rate(test),
-        test_start=pipelines.accuracy(program, test),
-        test_result=pipelines.accuracy(compiled, test),
+        test_start=dspy_greater.accuracy(program, test),
+        test_result=dspy_greater.accuracy(compiled, test),
         compile_seconds=seconds,
         stages=[
             {

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from common import report, run_child, timed_step
 
 VARIANTS = {
     # name: (reasoner, gradient model, dtype)
@@ -66,8 +66,6 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
 
     import dspy_greater
     from dspy_greater.engines.hf import HFGradientModel, HFReasoner
-    from dspy_greater.renderers import ChatTemplateRenderer
-    from dspy_greater.search import PAPER_PROMPT, GreaterConfig, run_greater
 
     memory = PeakMemory()
     torch.manual_seed(0)
@@ -88,20 +86,7 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
             reasoner = VLLMReasoner(path, dtype=dtype)
         else:
             reasoner = HFReasoner(path, dtype=dtype, batch_size=examples)
-    config = GreaterConfig.budget(
-        "light", steps=1, num_examples=examples, max_reasoning_tokens=tokens
-    )
-    started = time.perf_counter()
-    result = run_greater(
-        data,
-        initial_prompt=PAPER_PROMPT,
-        config=config,
-        renderer=ChatTemplateRenderer(model.tokenizer),
-        reasoner=reasoner,
-        gradient_model=model,
-        progress=False,
-    )
-    total = time.perf_counter() - started
+    result, total = timed_step(data, reasoner, model, tokens)
     [step] = result.history
     return {
         "variant": variant,
@@ -176,13 +161,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.child:
-        print("RESULT", json.dumps(one_step(args.task, args.examples, args.tokens, args.child)))
+        report(one_step(args.task, args.examples, args.tokens, args.child))
         return
     rows = []
     for variant in args.variants.split(","):
-        out = subprocess.run(
-            [
-                sys.executable,
+        rows.append(
+            run_child(
                 __file__,
                 "--child",
                 variant,
@@ -192,19 +176,6 @@ def main() -> None:
                 str(args.examples),
                 "--tokens",
                 str(args.tokens),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        # The engines may log to stdout too: take the marked line.
-        rows.append(
-            json.loads(
-                next(
-                    line[len("RESULT ") :]
-                    for line in out.splitlines()
-                    if line.startswith("RESULT ")
-                )
             )
         )
     print(

@@ -24,6 +24,7 @@ _LAZY = {
     "closed_labels": "data",
     "majority_class_rate": "data",
     "standard_error": "data",
+    "accuracy": "data",
     "shipped_bbh_tasks": "data",
     "Task": "loaders",
     "load_task": "loaders",
@@ -56,6 +57,7 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _LAZY)
     "closed_labels",
     "majority_class_rate",
     "standard_error",
+    "accuracy",
     "shipped_bbh_tasks",
     "Task",
     "load_task",
@@ -81,6 +83,7 @@ _moved.install()
 if TYPE_CHECKING:
     from .adapter import ForcedExtractionAdapter
     from .data import (
+        accuracy,
         bbh_answer_matches,
         bbh_metric,
         bbh_program,

@@ -295,19 +295,6 @@ class _Spending:
         self.save()
 
 
-def _accuracy(program: Any, examples: list[Any], metric: Any, threads: int) -> float:
-    import dspy
-
-    result = dspy.Evaluate(
-        devset=examples,
-        metric=metric,
-        num_threads=threads,
-        display_progress=True,
-        max_errors=len(examples) + 1,
-    )(program)
-    return result.score / 100
-
-
 def _jsonable(value: Any) -> Any:
     """``value`` as JSON: programs become their instructions, other objects their text."""
     if isinstance(value, dict):
@@ -408,15 +395,17 @@ def _optimize(args: argparse.Namespace) -> int:
         seconds, generations = spending.totals()
     compiled.save(str(folder / "program.json"))
     write_json_atomically(folder / "history.json", _jsonable(history))
+    from .data import accuracy
+
     dev = task.splits.dev
     scores = {}
     if dev:
-        start = _accuracy(program, dev, task.metric, args.threads)
+        start = accuracy(program, dev, task.metric, num_threads=args.threads, progress=True)
         scores = {
             "dev_start": start,
             "dev_result": start
             if args.optimizer == "none"
-            else _accuracy(compiled, dev, task.metric, args.threads),
+            else accuracy(compiled, dev, task.metric, num_threads=args.threads, progress=True),
         }
     result = {
         "task": task.name,
@@ -487,10 +476,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"The {args.split} split of {task.name} is empty with these sizes.")
     program = _load_program(path, task)  # before the engine: a bad file fails in a second
     _, reasoner = _lm(settings)
-    from .data import majority_class_rate, standard_error
+    from .data import accuracy, majority_class_rate, standard_error
 
     started, counts = time.perf_counter(), generation_counts(reasoner)
-    accuracy = _accuracy(program, examples, task.metric, args.threads)
+    score = accuracy(program, examples, task.metric, num_threads=args.threads, progress=True)
     result = {
         "program": str(path),
         "task": task.name,
@@ -498,8 +487,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         "split": args.split,
         "n": len(examples),
         "model": args.model or "embedded",
-        "accuracy": accuracy,
-        "standard_error": standard_error(accuracy, len(examples)),
+        "accuracy": score,
+        "standard_error": standard_error(score, len(examples)),
         "majority": majority_class_rate(examples),
         "seconds": time.perf_counter() - started,
         "generations": generation_counts(reasoner)[0] - counts[0],
@@ -507,7 +496,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     }
     write_json_atomically(out, result)
     print(
-        f"{task.name} {args.split} (n={len(examples)}): accuracy {accuracy:.3f} ± "
+        f"{task.name} {args.split} (n={len(examples)}): accuracy {score:.3f} ± "
         f"{result['standard_error']:.3f} (majority class {result['majority']:.3f}); wrote {out}"
     )
     _note_truncation(reasoner, counts)

@@ -11,7 +11,7 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -163,6 +163,26 @@ def majority_class_rate(examples: Sequence[dspy.Example]) -> float:
         raise ValueError("majority_class_rate needs at least one example.")
     counts = Counter(str(ex[ANSWER_FIELD]).strip().lower() for ex in examples)
     return counts.most_common(1)[0][1] / len(examples)
+
+
+def accuracy(
+    program: dspy.Module,
+    examples: Sequence[dspy.Example],
+    metric: Callable[..., Any] = bbh_metric,
+    *,
+    num_threads: int = 32,
+    progress: bool = False,
+) -> float:
+    """The program's accuracy on ``examples`` (``dspy.Evaluate``): an example that fails counts as
+    wrong and never stops the evaluation."""
+    result = dspy.Evaluate(
+        devset=list(examples),
+        metric=metric,
+        num_threads=num_threads,
+        display_progress=progress,
+        max_errors=len(examples) + 1,
+    )(program)
+    return result.score / 100
 
 
 def standard_error(accuracy: float, n: int) -> float:

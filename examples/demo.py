@@ -22,17 +22,6 @@ from dspy_greater.lm import local_lm
 from dspy_greater.logs import configure_logging
 
 
-def accuracy(program: dspy.Module, examples: list[dspy.Example]) -> float:
-    result = dspy.Evaluate(
-        devset=examples,
-        metric=dspy_greater.bbh_metric,
-        num_threads=32,
-        display_progress=False,
-        max_errors=len(examples) + 1,
-    )(program)
-    return result.score / 100
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -63,7 +52,7 @@ def main() -> None:
     )
     run = compiled.greater_run
 
-    before, after = accuracy(program, test), accuracy(compiled, test)
+    before, after = dspy_greater.accuracy(program, test), dspy_greater.accuracy(compiled, test)
     n = len(test)
     se = dspy_greater.standard_error
     print(f"\nGReaTer on {args.task} with SmolLM2-135M-Instruct (CPU), {args.steps} steps")

@@ -91,24 +91,13 @@ class ExtractThenDecide(dspy.Module):
 PIPELINES = {"restate": RestateThenAnswer, "extract": ExtractThenDecide}
 
 
-def accuracy(program: dspy.Module, examples: list[dspy.Example]) -> float:
-    result = dspy.Evaluate(
-        devset=examples,
-        metric=dspy_greater.bbh_metric,
-        num_threads=32,
-        display_progress=False,
-        max_errors=len(examples) + 1,
-    )(program)
-    return result.score / 100
-
-
 def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     examples = dspy_greater.load_bbh(args.task)
     splits = dspy_greater.split(examples, train=args.train, dev=args.dev, seed=args.seed)
     test = splits.test[: args.test]
     program = PIPELINES[name](answer_type(examples))
     started = time.perf_counter()
-    pass_rate = accuracy(program, splits.train)
+    pass_rate = dspy_greater.accuracy(program, splits.train)
     run_dir = os.path.join(args.run_root, name) if args.run_root else None
     optimizer = GReaTer(
         metric=dspy_greater.bbh_metric, auto="light", steps=args.steps, run_dir=run_dir
@@ -119,7 +108,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         valset=splits.dev,
         resume=bool(run_dir and os.path.exists(run_dir)),
     )
-    before, after = accuracy(program, test), accuracy(compiled, test)
+    before, after = dspy_greater.accuracy(program, test), dspy_greater.accuracy(compiled, test)
     return {
         "pipeline": name,
         "task": args.task,

@@ -1,0 +1,58 @@
+"""What the benchmarks share: BBH tasks from the shared data, one timed search step, and one
+measurement per fresh process (a benchmark runs itself with ``--child`` arguments, the child
+prints ``RESULT <json>``, the parent reads that line: engines may log to stdout too)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SHARED_BBH = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
+
+MARK = "RESULT "
+
+
+def report(row: Any) -> None:
+    """In the child: the measurement, on the marked line."""
+    print(MARK + json.dumps(row))
+
+
+def run_child(script: str, *args: str) -> Any:
+    """In the parent: run ``script`` with ``args`` in a new Python and return what it reported."""
+    out = subprocess.run(
+        [sys.executable, script, *args], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(next(line[len(MARK) :] for line in out.splitlines() if line.startswith(MARK)))
+
+
+def load_bbh(task: str) -> list[Any]:
+    """A BBH task from the shared benchmark data, else the copy shipped in the package."""
+    import dspy_greater
+
+    path = SHARED_BBH / f"{task}.json"
+    return dspy_greater.load_bbh(path if path.exists() else task)
+
+
+def timed_step(data: list[Any], reasoner: Any, model: Any, tokens: int) -> tuple[Any, float]:
+    """One GReaTer step from the paper's prompt on the chat-template renderer (the light budget,
+    ``len(data)`` examples, ``tokens`` reasoning tokens): the search's result and its seconds."""
+    from dspy_greater import PAPER_PROMPT, ChatTemplateRenderer, GreaterConfig, run_greater
+
+    config = GreaterConfig.budget(
+        "light", steps=1, num_examples=len(data), max_reasoning_tokens=tokens
+    )
+    started = time.perf_counter()
+    result = run_greater(
+        data,
+        initial_prompt=PAPER_PROMPT,
+        config=config,
+        renderer=ChatTemplateRenderer(model.tokenizer),
+        reasoner=reasoner,
+        gradient_model=model,
+        progress=False,
+    )
+    return result, time.perf_counter() - started
