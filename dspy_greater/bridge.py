@@ -223,13 +223,15 @@ def stage_engines(
     folder its gradient model. Each reasoner is checked against its gradient model."""
     from .engines.hf import HFGradientModel
 
+    lms = {name: task_lm or predictor.lm or dspy.settings.lm for name, predictor in stages}
+    missing = [name for name, lm in lms.items() if lm is None]
+    if missing:
+        raise GreaterError(
+            f"No LM for {missing}: configure one (dspy.configure(lm=local_lm())), set the "
+            "predictors' lm, or pass task_lm=."
+        )
     engines: dict[str, StageEngines] = {}
-    missing = []
-    for name, predictor in stages:
-        lm = task_lm or predictor.lm or dspy.settings.lm
-        if lm is None:
-            missing.append(name)
-            continue
+    for name, lm in lms.items():
         adapter.check_lm(lm)
         same_lm = [e for e in engines.values() if e.lm is lm]
         if same_lm:
@@ -242,11 +244,6 @@ def stage_engines(
         )
         engines[name] = StageEngines(lm, reasoner, folder, model)
         check_same_weights(engines[name])
-    if missing:
-        raise GreaterError(
-            f"No LM for {missing}: configure one (dspy.configure(lm=local_lm())), set the "
-            "predictors' lm, or pass task_lm=."
-        )
     return engines
 
 

@@ -34,7 +34,7 @@ PAPER_PROMPT = (
 )
 # Search settings per budget: "light" runs in minutes on a 2-core CPU with SmolLM2; "heavy" is
 # the paper's (100 steps over 50 examples, the defaults).
-_BUDGETS: dict[str, dict[str, int]] = {
+BUDGETS: dict[str, dict[str, int]] = {
     "light": dict(
         steps=8, num_examples=8, top_k=10, num_subsets=4, subset_size=3, max_reasoning_tokens=128
     ),
@@ -73,9 +73,9 @@ class GreaterConfig:
     def budget(cls, name: Budget, **overrides: Any) -> GreaterConfig:
         """The settings of a budget (``"light"``, ``"medium"``, ``"heavy"``: the paper's), with
         ``overrides``."""
-        if name not in _BUDGETS:
-            raise ValueError(f"The budget must be one of {list(_BUDGETS)}, got {name!r}.")
-        return cls(**{**_BUDGETS[name], **overrides})
+        if name not in BUDGETS:
+            raise ValueError(f"The budget must be one of {list(BUDGETS)}, got {name!r}.")
+        return cls(**{**BUDGETS[name], **overrides})
 
     def __post_init__(self) -> None:
         positive = (

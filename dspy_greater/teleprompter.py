@@ -23,7 +23,7 @@ from .adapter import ForcedExtractionAdapter
 from .logs import generation_counts, truncation_note
 from .report import GReaTerRun, StageRun, log_summary, plot_scores, stage_json
 from .rundir import RunDir
-from .search import Budget, GreaterConfig, StepRecord
+from .search import BUDGETS, Budget, GreaterConfig, StepRecord
 from .stages import CompileRun, optimize_stage
 
 logger = logging.getLogger(__name__)
@@ -101,10 +101,12 @@ class GReaTer(Teleprompter):
                 "GReaTer needs a metric: metric(example, prediction, trace=None) -> "
                 "bool | float (or a prediction with a score)."
             )
+        if auto is not None and auto not in BUDGETS:
+            raise ValueError(f"auto must be one of {list(BUDGETS)} or None, got {auto!r}.")
         if rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {rounds}.")
-        self.metric, self.steps, self.seed = metric, steps, seed
-        self.config = config or GreaterConfig.budget(auto or "light", seed=seed)
+        self.metric, self.auto, self.steps, self.config = metric, auto, steps, config
+        self.seed = seed
         self.gradient_model, self.task_lm, self.adapter = gradient_model, task_lm, adapter
         self.initial_instructions, self.predictor = initial_instructions, predictor
         self.rounds, self.metric_threshold = rounds, metric_threshold
@@ -114,8 +116,9 @@ class GReaTer(Teleprompter):
         self.on_step = on_step
 
     def search_config(self) -> GreaterConfig:
-        """The search's settings: the budget's or ``config``, with ``steps``."""
-        return self.config if self.steps is None else replace(self.config, steps=self.steps)
+        """The search's settings: ``config``, else the budget's with ``seed``; with ``steps``."""
+        config = self.config or GreaterConfig.budget(self.auto or "light", seed=self.seed)
+        return config if self.steps is None else replace(config, steps=self.steps)
 
     def compile(
         self,

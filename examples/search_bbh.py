@@ -1,7 +1,7 @@
 """Run the GReaTer search (no DSPy) on a BBH task with the embedded SmolLM2, and print each step.
 
     python examples/search_bbh.py --task sports_understanding --steps 4
-    python examples/search_bbh.py --task ../shared/data/bbh/causal_judgement.json --preset paper
+    python examples/search_bbh.py --task ../shared/data/bbh/causal_judgement.json --budget heavy
 
 The task is a shipped BBH task name or the path of any BBH JSON file.
 """
@@ -22,10 +22,12 @@ from dspy_greater.search import PAPER_PROMPT, GreaterConfig, run_greater
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="sports_understanding")
-    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    parser.add_argument(
+        "--budget", choices=["light", "medium", "heavy"], default="light", help="heavy: the paper's"
+    )
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--examples", type=int, help="training examples (preset's default)")
-    parser.add_argument("--tokens", type=int, help="reasoning tokens (preset's default)")
+    parser.add_argument("--examples", type=int, help="training examples (the budget's)")
+    parser.add_argument("--tokens", type=int, help="reasoning tokens (the budget's)")
     parser.add_argument(
         "--placement", choices=["after_question", "before_question"], default="after_question"
     )
@@ -47,7 +49,7 @@ def main() -> None:
         overrides["num_examples"] = args.examples
     if args.tokens:
         overrides["max_reasoning_tokens"] = args.tokens
-    config = getattr(GreaterConfig, args.preset)(**overrides)
+    config = GreaterConfig.budget(args.budget, **overrides)
     examples = dspy_greater.load_bbh(args.task)
     train = dspy_greater.split(examples, train=config.num_examples, dev=0, seed=args.seed).train
 
