@@ -21,6 +21,7 @@ from dspy_greater.errors import GreaterError, SlotError
 from dspy_greater.lm import LocalEngine, local_lm
 from dspy_greater.renderers import AdapterRenderer
 from dspy_greater.values import map_to_choice, parse_field
+from tests.helpers import even_questions, tiny_config
 
 YesNo = Literal["yes", "no"]
 
@@ -408,26 +409,15 @@ def test_the_renderer_needs_a_reasoning_and_an_answer_field(smollm2):
 def test_the_search_runs_on_the_adapter_renderer(tiny_model, instructions):
     """Mechanics on the tiny model: the search reasons by continuing the forced reasoning
     header, stops at the next header, and optimizes the signature's instructions."""
-    from dspy_greater.search import GreaterConfig, run_greater
+    from dspy_greater.search import run_greater
 
     model = HFGradientModel(tiny_model)
     signature = dspy.ChainOfThought("question -> answer").predict.signature
     renderer = AdapterRenderer(
         signature, model.tokenizer, ForcedExtractionAdapter(instructions=instructions)
     )
-    examples = [
-        dspy.Example(question=f"Is {n} even?", answer="yes" if n % 2 == 0 else "no")
-        for n in range(4)
-    ]
-    config = GreaterConfig(
-        steps=2,
-        top_k=6,
-        subset_size=2,
-        num_subsets=2,
-        max_reasoning_tokens=6,
-        seed=0,
-        max_prompt_tokens=8,
-    )
+    examples = even_questions(4)
+    config = tiny_config()
     result = run_greater(
         examples,
         initial_prompt="Think step by step.",

@@ -11,18 +11,11 @@ from dspy_greater.engines.hf import HFGradientModel, HFReasoner
 from dspy_greater.errors import GreaterError
 from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.rundir import GenerationStore, RunDir, RunDirMismatch
-from dspy_greater.search import GreaterConfig, run_greater
+from dspy_greater.search import run_greater
+from tests.helpers import tiny_config
 from tests.test_search import TINY_EXAMPLES
 
-CONFIG = GreaterConfig(
-    steps=3,
-    top_k=6,
-    subset_size=2,
-    num_subsets=3,
-    max_reasoning_tokens=6,
-    seed=2,
-    max_prompt_tokens=8,
-)
+CONFIG = tiny_config(steps=3, num_subsets=3, seed=2)
 
 
 def test_generations_survive_a_reopen_and_a_torn_last_line(tmp_path):

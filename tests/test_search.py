@@ -23,6 +23,7 @@ from dspy_greater.search import (
     select,
     shortlist_by_gradient,
 )
+from tests.helpers import tiny_config
 
 
 def test_readable_filter_follows_the_paper():
@@ -119,15 +120,7 @@ def test_same_seed_same_result(tiny_model):
 
 def test_an_interrupted_run_resumes_to_the_same_result(tiny_model):
     model = HFGradientModel(tiny_model)
-    config = GreaterConfig(
-        steps=4,
-        top_k=6,
-        subset_size=2,
-        num_subsets=3,
-        max_reasoning_tokens=6,
-        seed=1,
-        max_prompt_tokens=8,
-    )
+    config = tiny_config(steps=4, num_subsets=3, seed=1)
     engines = dict(
         renderer=ChatTemplateRenderer(model.tokenizer),
         reasoner=HFReasoner(tiny_model, batch_size=4),
@@ -165,15 +158,7 @@ def test_a_custom_scorer_decides_the_selection(tiny_model):
     from dspy_greater.search import PromptScore
 
     model = HFGradientModel(tiny_model)
-    config = GreaterConfig(
-        steps=2,
-        top_k=6,
-        subset_size=2,
-        num_subsets=3,
-        max_reasoning_tokens=4,
-        seed=0,
-        max_prompt_tokens=8,
-    )
+    config = tiny_config(num_subsets=3, max_reasoning_tokens=4)
     seen = []
 
     renderer = ChatTemplateRenderer(model.tokenizer)

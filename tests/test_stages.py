@@ -16,34 +16,12 @@ from dspy_greater.bridge import stage_examples, trace_program
 from dspy_greater.engines.hf import HFReasoner
 from dspy_greater.errors import GreaterError
 from dspy_greater.lm import local_lm
-from dspy_greater.search import GreaterConfig
+from tests.helpers import even_questions, tiny_config
 
-CONFIG = GreaterConfig(
-    steps=2,
-    num_examples=4,
-    top_k=6,
-    subset_size=2,
-    num_subsets=2,
-    max_reasoning_tokens=6,
-    max_prompt_tokens=8,
-)
+CONFIG = tiny_config(num_examples=4)
 # On the embedded model, one thread (below): as small as still shows both stages move.
-SMOL_CONFIG = GreaterConfig(
-    steps=2,
-    num_examples=2,
-    top_k=6,
-    subset_size=2,
-    num_subsets=2,
-    shortlist=2,
-    max_reasoning_tokens=8,
-    max_prompt_tokens=8,
-)
-DATA = [
-    dspy.Example(question=f"Is {n} even?", answer="yes" if n % 2 == 0 else "no").with_inputs(
-        "question"
-    )
-    for n in range(12)
-]
+SMOL_CONFIG = tiny_config(num_examples=2, shortlist=2, max_reasoning_tokens=8)
+DATA = even_questions(12)
 
 
 class DraftThenAnswer(dspy.Module):

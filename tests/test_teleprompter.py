@@ -19,22 +19,10 @@ from dspy_greater.engines.same_model import ModelMismatch
 from dspy_greater.errors import GreaterError
 from dspy_greater.lm import local_lm
 from dspy_greater.search import GreaterConfig
+from tests.helpers import even_questions, tiny_config
 
-TINY_CONFIG = GreaterConfig(
-    steps=2,
-    num_examples=4,
-    top_k=6,
-    subset_size=2,
-    num_subsets=2,
-    max_reasoning_tokens=6,
-    max_prompt_tokens=8,
-)
-DATA = [
-    dspy.Example(question=f"Is {n} even?", answer="yes" if n % 2 == 0 else "no").with_inputs(
-        "question"
-    )
-    for n in range(9)
-]
+TINY_CONFIG = tiny_config(num_examples=4)
+DATA = even_questions(9)
 
 
 @pytest.fixture(scope="module")
