@@ -78,12 +78,19 @@ def test_wheel_contents_and_a_normal_install_import(tmp_path):
     assert out[1] == "250"
 
 
-def test_editable_install_maps_adapters(tmp_path):
+def test_a_source_checkout_imports_its_engines_without_installing(tmp_path):
+    # -I: no site-packages, so no editable install's finder; only the checkout on sys.path.
     out = subprocess.run(
-        [sys.executable, "-c", "import dspy_greater.engines.hf as m; print(m.__file__)"],
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "import dspy_greater.engines.hf as m; print(m.__file__)",
+        ],
         cwd=tmp_path,
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    assert Path(out) == ROOT / "adapters" / "hf.py"
+    assert Path(out) == ROOT / "dspy_greater" / "engines" / "hf.py"
