@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 # Public name -> module that defines it; loaded on first access (PEP 562).
 _LAZY = {
     "default_model": "models",
+    "embedded_model": "models",
+    "resolve_model": "models",
     "cache_dir": "models",
     "load_bbh": "data",
     "split": "data",
@@ -48,6 +50,8 @@ _LAZY = {
 __all__ = [  # noqa: RUF022 (grouped by module, as _LAZY)
     "__version__",
     "default_model",
+    "embedded_model",
+    "resolve_model",
     "cache_dir",
     "load_bbh",
     "split",
@@ -97,7 +101,7 @@ if TYPE_CHECKING:
     from .errors import GreaterError
     from .lm import local_lm
     from .loaders import Task, folio_metric, gsm8k_metric, load_folio, load_gsm8k, load_task
-    from .models import cache_dir, default_model
+    from .models import cache_dir, default_model, embedded_model, resolve_model
     from .renderers import AdapterRenderer, ChatTemplateRenderer
     from .report import GReaTerRun, StageRun
     from .search import PAPER_PROMPT, GreaterConfig, run_greater

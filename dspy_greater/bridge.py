@@ -37,6 +37,7 @@ from .adapter import ForcedExtractionAdapter
 from .engines.base import GradientModel, Reasoner, RenderedExample
 from .errors import GreaterError
 from .lm import ServerReasoner, local_reasoner
+from .models import resolve_model
 from .renderers import AdapterRenderer, reasoning_and_answer
 from .rundir import write_json_atomically
 from .search import Prompt, PromptScore
@@ -182,6 +183,8 @@ def reasoner_and_folder(lm: Any, gradient_model: str | os.PathLike[str] | None) 
     """The reasoner behind ``lm`` and the folder of its weights: a local engine's own (unless
     ``gradient_model`` names one), or, for a server, a reasoner through ``lm`` on the weights in
     ``gradient_model``."""
+    if gradient_model is not None:
+        gradient_model = resolve_model(gradient_model)  # a registered name or a folder
     reasoner = local_reasoner(lm)
     if reasoner is not None:
         path = gradient_model or getattr(reasoner, "model_path", None)

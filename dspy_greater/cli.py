@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import GreaterError  # light: no torch, no DSPy, so `--help` stays fast
 from .logs import configure_logging, generation_counts, truncation_note
+from .models import DEFAULT_MODEL, EMBEDDED_MODELS
 from .optimizers import OPTIMIZERS, RESUMABLE, Setup
 from .rundir import write_json_atomically
 from .search import PAPER_PROMPT
@@ -159,7 +160,9 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
     parser.add_argument(
         "--model",
         default=None,
-        help="Hugging Face model folder (default: the embedded SmolLM2-135M)",
+        help="a Hugging Face model folder, or an embedded model's name: "
+        + ", ".join(EMBEDDED_MODELS)
+        + f" (default: {DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--backend",
@@ -237,10 +240,11 @@ def _lm(settings: dict[str, Any]) -> tuple[Any, Any]:
 
     resolve_device(settings["device"])
     model = settings["model"]
-    if model is not None and not Path(model).is_dir():
+    if model is not None and model not in EMBEDDED_MODELS and not Path(model).is_dir():
         raise CliError(
             f"--model {model}: no such folder. Give a Hugging Face model folder "
-            "(config.json, weights, tokenizer), or leave it out for the embedded model."
+            "(config.json, weights, tokenizer), the name of an embedded model "
+            f"({', '.join(EMBEDDED_MODELS)}), or leave it out for {DEFAULT_MODEL}."
         )
     lm = local_lm(
         model,
@@ -336,7 +340,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = {"data": data, "seed": 0 if args.seed is None else args.seed}
     settings.update({key: getattr(args, key) for key in keys})
     settings["max_tokens"] = settings["max_tokens"] or DEFAULT_MAX_TOKENS
-    if settings["model"] is not None:
+    if settings["model"] is not None and settings["model"] not in EMBEDDED_MODELS:
         settings["model"] = str(Path(settings["model"]).resolve())
     return settings
 

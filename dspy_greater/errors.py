@@ -17,6 +17,10 @@ class NotEnoughDisk(GreaterError, OSError):
     """Too little free disk space to convert the embedded model."""
 
 
+class NotEnoughMemory(GreaterError, MemoryError):
+    """Too little free memory to convert an embedded model."""
+
+
 class DeviceUnavailable(GreaterError, RuntimeError):
     """A device (e.g. a GPU) was requested that this machine does not have."""
 

@@ -258,7 +258,9 @@ def local_lm(
     so DSPy's cache never serves one model's answers to another.
 
     Args:
-        model: A Hugging Face model folder; None for the embedded SmolLM2-135M.
+        model: A Hugging Face model folder, or the name of an embedded model
+            (``"qwen2.5-coder-1.5b"``, run in its registered dtype); None for the embedded
+            SmolLM2-135M.
         backend: ``"vllm"`` (vLLM's offline engine), ``"hf"`` (transformers' ``generate``), or
             ``"auto"``: vLLM when it is installed (see
             :func:`~dspy_greater.engines.make_reasoner`).
@@ -270,11 +272,11 @@ def local_lm(
         A ``dspy.LM``, greedy (temperature 0) unless a call asks for sampling.
     """
     if reasoner is None:
-        if model is None:
-            from .models import default_model
+        from .models import EMBEDDED_MODELS, resolve_model
 
-            model = default_model()
-        reasoner = make_reasoner(model, backend=backend)
+        entry = EMBEDDED_MODELS.get(model) if isinstance(model, str) else None
+        options = {"dtype": entry.dtype} if entry is not None else {}  # its registered dtype
+        reasoner = make_reasoner(resolve_model(model), backend=backend, **options)
     engine = LocalEngine(reasoner)
     # DSPy's cache key holds the model string: it names the weights, not just the folder's name.
     return dspy.LM(

