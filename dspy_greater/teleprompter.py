@@ -147,13 +147,12 @@ class GReaTer(Teleprompter):
         stages = bridge.predictors_to_optimize(program, self.predictor)
         starts = bridge.starting_instructions(stages, self.initial_instructions)
         config = self.search_config()
+        # Every stage needs two output fields: checked before any work.
+        targets = {name: bridge.target_field(name, p.signature) for name, p in stages}
         inputs, label = None, None  # a pipeline: the examples' own inputs, no label needed
         if len(stages) == 1:
             [(name, predictor)] = stages
-            inputs = list(predictor.signature.input_fields)
-            label = bridge.target_field(name, predictor.signature)
-        for name, predictor in stages:
-            bridge.target_field(name, predictor.signature)  # two output fields, before any work
+            inputs, label = list(predictor.signature.input_fields), targets[name]
         trainset = bridge.checked_examples("trainset", trainset, inputs, label)
         split_off = valset is None
         if valset is None:
