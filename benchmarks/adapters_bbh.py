@@ -1,4 +1,4 @@
-"""Parse rate and accuracy of DSPy adapters on BIG-Bench Hard with the embedded SmolLM2.
+"""Parse rate and accuracy of DSPy adapters on BIG-Bench Hard with an embedded model.
 
 Programs and adapters, each over the first ``--questions`` questions of every task in the
 benchmark copy of BBH (``../shared/data/bbh``), greedy, on the local vLLM engine:
@@ -14,8 +14,13 @@ benchmark copy of BBH (``../shared/data/bbh``), greedy, on the local vLLM engine
 A failed parse scores 0. ``regex`` is the accuracy when failures are rescued by reading the last
 label (or the last line) out of the raw completion: the bar DESIGN.md set for ChatAdapter.
 Prints Markdown tables (mean over tasks, then per task) beside each task's majority-class rate.
+With ``--out`` the rows are saved task by task, and a run with the same ``--out`` resumes: the
+tasks already in the file are not run again. ``--screen A.json B.json ...`` prints the
+``typed-constrain`` row of each results file side by side, per task (the models' screen).
 
-    python benchmarks/adapters_bbh.py [--questions 50] [--tasks a,b] [--configs chat,forced-after]
+    python benchmarks/adapters_bbh.py [--model NAME] [--questions 50] [--tasks a,b]
+        [--configs chat,forced-after] [--out FILE]
+    python benchmarks/adapters_bbh.py --screen smollm2.json qwen.json
 """
 
 from __future__ import annotations
@@ -104,37 +109,35 @@ class Measured:
         )
 
 
-def run_config(
-    config: str,
-    tasks: dict[str, list[Any]],
-    labels: dict[str, list[str] | None],
-    lm: Any,
-    threads: int,
+def run_task(
+    config: str, examples: list[Any], labels: list[str] | None, lm: Any, threads: int
 ) -> dict[str, Any]:
+    """One config on one task's examples, as one parallel batch: the counts and the seconds."""
     import dspy
 
-    from dspy_greater import bbh_answer_matches
+    from dspy_greater import bbh_answer_matches, majority_class_rate
 
-    rows: dict[str, Any] = {}
-    jobs: list[tuple[str, Any, Any, Any]] = []
-    for task, examples in tasks.items():
-        program, adapter = build(config, labels[task])
-        jobs.extend((task, Measured(program), adapter, ex) for ex in examples)
+    program, adapter = build(config, labels)
+    measured = Measured(program)
     started = time.perf_counter()
 
-    def one(job: tuple[str, Any, Any, Any]) -> Any:
-        _, program, adapter, example = job
+    def one(example: Any) -> Any:
         with dspy.context(lm=lm, adapter=adapter):
-            return program(question=example.question)
+            return measured(question=example.question)
 
     executor = dspy.Parallel(
-        num_threads=threads, max_errors=len(jobs) + 1, disable_progress_bar=True
+        num_threads=threads, max_errors=len(examples) + 1, disable_progress_bar=True
     )
-    predictions = executor([(one, (job,)) for job in jobs])
-    seconds = time.perf_counter() - started
-    for (task, _, _, example), prediction in zip(jobs, predictions, strict=True):
-        row = rows.setdefault(task, {"n": 0, "parsed": 0, "correct": 0, "regex": 0})
-        row["n"] += 1
+    predictions = executor([(one, (example,)) for example in examples])
+    row = {
+        "n": len(examples),
+        "parsed": 0,
+        "correct": 0,
+        "regex": 0,
+        "majority": majority_class_rate(examples),
+        "seconds": time.perf_counter() - started,
+    }
+    for example, prediction in zip(examples, predictions, strict=True):
         gold = str(example.answer)
         if prediction is not None and prediction.parsed:
             row["parsed"] += 1
@@ -142,42 +145,76 @@ def run_config(
             row["correct"] += hit
             row["regex"] += hit
         elif prediction is not None:
-            row["regex"] += bbh_answer_matches(regex_answer(prediction.raw, labels[task]), gold)
-    rows["_seconds"] = seconds
-    return rows
+            row["regex"] += bbh_answer_matches(regex_answer(prediction.raw, labels), gold)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED, help="folder of BBH task files")
+    parser.add_argument("--model", default=None, help="an embedded model's name or a folder")
     parser.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
     parser.add_argument("--questions", type=int, default=50)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--max-tokens", type=int, default=256, help="per LM call")
     parser.add_argument("--threads", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=None, help="write the raw counts as JSON")
+    parser.add_argument("--out", type=Path, default=None, help="keep the raw counts (resumable)")
+    parser.add_argument("--screen", type=Path, nargs="+", help="print these results side by side")
     args = parser.parse_args()
+    if args.screen:
+        screen(args.screen)
+        return
     logging.getLogger("dspy").setLevel(logging.ERROR)
 
     import dspy_greater
     from dspy_greater.lm import local_lm
+    from dspy_greater.models import DEFAULT_MODEL, EMBEDDED_MODELS
 
     names = (
         args.tasks.split(",") if args.tasks else sorted(p.stem for p in args.data.glob("*.json"))
     )
+    configs = args.configs.split(",")
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown config {unknown}; choose from {', '.join(CONFIGS)}")
     files = {name: dspy_greater.load_bbh(args.data / f"{name}.json") for name in names}
     tasks = {name: examples[: args.questions] for name, examples in files.items()}
     labels = {name: task_labels(examples) for name, examples in files.items()}
-    lm = local_lm(max_tokens=args.max_tokens)
-    results: dict[str, Any] = {}
-    for config in args.configs.split(","):
-        if config not in CONFIGS:
-            raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
-        logging.getLogger(__name__).warning("Running %s ...", config)
-        results[config] = run_config(config, tasks, labels, lm, args.threads)
+    model = args.model or DEFAULT_MODEL
+    entry = EMBEDDED_MODELS.get(model)
+    setting = {"model": entry.title if entry else str(model), "questions": args.questions}
+    setting["max_tokens"] = args.max_tokens
+    results: dict[str, Any] = {"_setting": setting}
+    if args.out and args.out.exists():
+        results = json.loads(args.out.read_text())
+        if results.get("_setting") != setting:
+            raise SystemExit(f"{args.out} holds a run with other settings: {results['_setting']}")
+    todo = [(c, t) for c in configs for t in tasks if t not in results.get(c, {})]
+    if todo:
+        lm = local_lm(args.model, max_tokens=args.max_tokens)
+    for config, task in todo:
+        logging.getLogger(__name__).warning("Running %s on %s ...", config, task)
+        row = run_task(config, tasks[task], labels[task], lm, args.threads)
+        results.setdefault(config, {})[task] = row
         if args.out:
             args.out.write_text(json.dumps(results, indent=1))
     report(results, tasks, args)
+
+
+def _configs(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each config's per-task rows (files of 2026-11 keep one ``_seconds`` per config)."""
+    return {
+        config: {t: r for t, r in rows.items() if not t.startswith("_")}
+        for config, rows in results.items()
+        if not config.startswith("_")
+    }
+
+
+def _seconds(results: dict[str, Any], config: str) -> float:
+    rows = results[config]
+    return rows.get("_seconds") or sum(
+        r.get("seconds", 0.0) for r in _configs(results)[config].values()
+    )
 
 
 def report(results: dict[str, Any], tasks: dict[str, list[Any]], args: Any) -> None:
@@ -185,15 +222,15 @@ def report(results: dict[str, Any], tasks: dict[str, list[Any]], args: Any) -> N
 
     majority = {t: majority_class_rate(ex) for t, ex in tasks.items()}
     print(
-        f"\nBBH, {len(tasks)} tasks x first {args.questions} questions, SmolLM2-135M-Instruct, "
-        f"greedy, max_tokens {args.max_tokens} per call, local vLLM engine (CPU)\n"
+        f"\nBBH, {len(tasks)} tasks x first {args.questions} questions, "
+        f"{results['_setting']['model']}, greedy, max_tokens {args.max_tokens} per call, "
+        "local vLLM engine (CPU)\n"
     )
     print("| config | tasks | parse rate | accuracy (± s.e.) | regex-rescued | majority | wall |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     # Identical LM calls are answered from DSPy's cache (`json` repeats `chat`'s fallback
     # calls; the typed runs share their reasoning calls): wall times are not comparable.
-    for config, rows in results.items():
-        per_task = {t: r for t, r in rows.items() if not t.startswith("_")}
+    for config, per_task in _configs(results).items():
         if not per_task:
             continue
         n = sum(r["n"] for r in per_task.values())
@@ -204,9 +241,9 @@ def report(results: dict[str, Any], tasks: dict[str, list[Any]], args: Any) -> N
         print(
             f"| {config} | {len(per_task)} | {parsed:.1%} | {acc:.1%} ± "
             f"{standard_error(acc, n):.1%} | {regex:.1%} | {floor:.1%} | "
-            f"{rows['_seconds']:.0f} s |"
+            f"{_seconds(results, config):.0f} s |"
         )
-    configs = [c for c in results if any(not t.startswith("_") for t in results[c])]
+    configs = [c for c, rows in _configs(results).items() if rows]
     print("\nAccuracy per task (parse rate in brackets where below 100 %)\n")
     print("| task | majority | " + " | ".join(configs) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in configs) + " |")
@@ -222,6 +259,39 @@ def report(results: dict[str, Any], tasks: dict[str, list[Any]], args: Any) -> N
                 cell += f" ({row['parsed'] / row['n']:.0%})"
             cells.append(cell)
         print(f"| {task} | {majority[task]:.0%} | " + " | ".join(cells) + " |")
+
+
+def screen(files: list[Path], config: str = "typed-constrain") -> None:
+    """Each file's ``config`` row side by side per task, beside the majority rate: the models'
+    screen. A cell is accuracy ± s.e.; the margin over the majority rate is in brackets."""
+    from dspy_greater import standard_error
+
+    runs = [json.loads(f.read_text()) for f in files]
+    rows = [_configs(run)[config] for run in runs]
+    tasks = sorted(set().union(*rows))
+    names = [run["_setting"]["model"] for run in runs]
+    print(f"\n`{config}`, first {runs[0]['_setting']['questions']} questions per task\n")
+    print("| task | n | majority | " + " | ".join(names) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
+    for task in tasks:
+        cells, base = [], next(r[task] for r in rows if task in r)
+        for row in (r.get(task) for r in rows):
+            if row is None:
+                cells.append("–")
+                continue
+            acc = row["correct"] / row["n"]
+            margin = 100 * (acc - row["majority"])
+            cells.append(f"{acc:.0%} ± {standard_error(acc, row['n']):.0%} ({margin:+.0f})")
+        print(f"| {task} | {base['n']} | {base['majority']:.0%} | " + " | ".join(cells) + " |")
+    means = []
+    for row in rows:
+        done = [r for t, r in row.items() if t in tasks]
+        acc = statistics.mean(r["correct"] / r["n"] for r in done)
+        floor = statistics.mean(r["majority"] for r in done)
+        means.append(f"{acc:.1%} ({100 * (acc - floor):+.1f})")
+    print("| mean | | | " + " | ".join(means) + " |")
+    walls = [f"{sum(r.get('seconds', 0.0) for r in row.values()) / 60:.0f} min" for row in rows]
+    print("| wall | | | " + " | ".join(walls) + " |")
 
 
 if __name__ == "__main__":  # vLLM starts worker processes with spawn: keep this guard

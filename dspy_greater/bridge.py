@@ -37,7 +37,7 @@ from .adapter import ForcedExtractionAdapter
 from .engines.base import GradientModel, Reasoner, RenderedExample
 from .errors import GreaterError
 from .lm import ServerReasoner, local_reasoner
-from .models import resolve_model
+from .models import registered_dtype, resolve_model
 from .renderers import AdapterRenderer, reasoning_and_answer
 from .rundir import write_json_atomically
 from .search import Prompt, PromptScore
@@ -203,6 +203,19 @@ def reasoner_and_folder(lm: Any, gradient_model: str | os.PathLike[str] | None) 
     return ServerReasoner(lm, tokenizer=gradient_model), os.fspath(gradient_model)
 
 
+def gradient_dtype(
+    dtype: str | None, reasoner: Any, gradient_model: str | os.PathLike[str] | None
+) -> str:
+    """``dtype``, else the task engine's (the gradient then sees the weights the engine runs),
+    else ``gradient_model``'s registered dtype, else float32."""
+    engine_dtype = getattr(reasoner, "dtype", None)
+    if dtype is not None:
+        return dtype
+    if isinstance(engine_dtype, str) and engine_dtype in ("float32", "bfloat16", "float16"):
+        return engine_dtype
+    return registered_dtype(gradient_model) if gradient_model is not None else "float32"
+
+
 def configured_adapter() -> ForcedExtractionAdapter:
     """The configured adapter when it is a :class:`ForcedExtractionAdapter`, else one with the
     instructions in the system message (the placement a saved program carries)."""
@@ -218,7 +231,7 @@ def stage_engines(
     *,
     task_lm: Any,
     gradient_model: str | os.PathLike[str] | None,
-    dtype: str,
+    dtype: str | None,
     device: str,
 ) -> dict[str, StageEngines]:
     """Each predictor's engines: behind ``task_lm`` (a proxy for all), else the predictor's own
@@ -243,7 +256,11 @@ def stage_engines(
         reasoner, folder = reasoner_and_folder(lm, gradient_model)
         same_folder = [e.gradient_model for e in engines.values() if e.model_folder == folder]
         model = (
-            same_folder[0] if same_folder else HFGradientModel(folder, dtype=dtype, device=device)
+            same_folder[0]
+            if same_folder
+            else HFGradientModel(
+                folder, dtype=gradient_dtype(dtype, reasoner, gradient_model), device=device
+            )
         )
         engines[name] = StageEngines(lm, reasoner, folder, model)
         check_same_weights(engines[name])

@@ -25,12 +25,14 @@ from typing import Any
 
 from .errors import GreaterError  # light: no torch, no DSPy, so `--help` stays fast
 from .logs import configure_logging, generation_counts, truncation_note
-from .models import DEFAULT_MODEL, EMBEDDED_MODELS
+from .models import DEFAULT_MODEL, EMBEDDED_MODELS, registered_dtype
 from .optimizers import OPTIMIZERS, RESUMABLE, Setup
 from .rundir import write_json_atomically
 from .search import PAPER_PROMPT
 
 SETTINGS = "cli.json"  # what `optimize` was asked to do: a resumed run must ask the same
+# Settings added since the first release, as runs that did not store them had them.
+SETTINGS_BEFORE_THEY_WERE_KEPT = {"dtype": "float32"}
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 DEFAULT_MAX_TOKENS = 128
 
@@ -170,6 +172,13 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
         default="auto",
         help="reasoner engine (auto: vLLM when installed)",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="both engines' dtype (default: an embedded model's registered one "
+        "(qwen2.5-coder-1.5b: bfloat16), float32 for a folder)",
+    )
     parser.add_argument("--device", default="cpu", help="device of the gradient model (cpu, cuda)")
     parser.add_argument(
         "--train",
@@ -249,6 +258,7 @@ def _lm(settings: dict[str, Any]) -> tuple[Any, Any]:
     lm = local_lm(
         model,
         backend=settings["backend"],
+        dtype=settings["dtype"],
         max_tokens=settings["max_tokens"],
         cache=not settings["no_cache"],
     )
@@ -323,6 +333,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer",
         "model",
         "backend",
+        "dtype",
         "device",
         "train",
         "dev",
@@ -340,6 +351,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = {"data": data, "seed": 0 if args.seed is None else args.seed}
     settings.update({key: getattr(args, key) for key in keys})
     settings["max_tokens"] = settings["max_tokens"] or DEFAULT_MAX_TOKENS
+    settings["dtype"] = settings["dtype"] or registered_dtype(settings["model"])
     if settings["model"] is not None and settings["model"] not in EMBEDDED_MODELS:
         settings["model"] = str(Path(settings["model"]).resolve())
     return settings
@@ -363,7 +375,7 @@ def _prepare_run_dir(folder: Path, settings: dict[str, Any], resume: bool) -> No
                 f"{folder} is not a dspy-greater run folder (no {SETTINGS}); choose "
                 "another --run-dir."
             )
-        before = json.loads(stored.read_text())
+        before = {**SETTINGS_BEFORE_THEY_WERE_KEPT, **json.loads(stored.read_text())}
         changed = [
             f"{key}: {before.get(key)!r} -> {settings.get(key)!r}"
             for key in sorted(set(before) | set(settings))
@@ -465,6 +477,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings.update(
         model=args.model,
         backend=args.backend,
+        dtype=args.dtype or registered_dtype(args.model),
         device=args.device,
         max_tokens=args.max_tokens or stored.get("max_tokens", DEFAULT_MAX_TOKENS),
         no_cache=args.no_cache,

@@ -247,6 +247,7 @@ def local_lm(
     model: str | os.PathLike[str] | None = None,
     *,
     backend: str = "auto",
+    dtype: str | None = None,
     reasoner: Reasoner | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     **lm_kwargs: Any,
@@ -264,6 +265,8 @@ def local_lm(
         backend: ``"vllm"`` (vLLM's offline engine), ``"hf"`` (transformers' ``generate``), or
             ``"auto"``: vLLM when it is installed (see
             :func:`~dspy_greater.engines.make_reasoner`).
+        dtype: The engine's dtype (``"float32"``, ``"bfloat16"``, ...); None for an embedded
+            model's registered dtype, and float32 for a folder.
         reasoner: An engine already built (``model`` and ``backend`` are then ignored).
         max_tokens: The default budget of new tokens per call.
         **lm_kwargs: Passed to ``dspy.LM`` (``cache=False``, ``num_retries``, ...).
@@ -272,11 +275,11 @@ def local_lm(
         A ``dspy.LM``, greedy (temperature 0) unless a call asks for sampling.
     """
     if reasoner is None:
-        from .models import EMBEDDED_MODELS, resolve_model
+        from .models import registered_dtype, resolve_model
 
-        entry = EMBEDDED_MODELS.get(model) if isinstance(model, str) else None
-        options = {"dtype": entry.dtype} if entry is not None else {}  # its registered dtype
-        reasoner = make_reasoner(resolve_model(model), backend=backend, **options)
+        reasoner = make_reasoner(
+            resolve_model(model), backend=backend, dtype=dtype or registered_dtype(model)
+        )
     engine = LocalEngine(reasoner)
     # DSPy's cache key holds the model string: it names the weights, not just the folder's name.
     return dspy.LM(

@@ -49,6 +49,7 @@ class EmbeddedModel:
     concatenated in order. It is converted once into a Hugging Face folder in ``dtype``."""
 
     name: str
+    title: str  # the model's own name
     dirname: str  # the cache folder; bump its suffix when the conversion recipe changes
     gguf: str  # the GGUF file's name
     sha256: str  # of the whole GGUF file
@@ -63,6 +64,7 @@ class EmbeddedModel:
 
 SMOLLM2 = EmbeddedModel(
     name="smollm2-135m",
+    title="SmolLM2-135M-Instruct",
     dirname="SmolLM2-135M-Instruct-Q4_1-v1",
     gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -103,6 +105,7 @@ _QWEN_PARTS = (
 )
 QWEN_CODER = EmbeddedModel(
     name="qwen2.5-coder-1.5b",
+    title="Qwen2.5-Coder-1.5B-Instruct",
     dirname="Qwen2.5-Coder-1.5B-Instruct-Q4_K_M-bf16-v1",
     gguf="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
@@ -150,6 +153,13 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     if isinstance(model, str) and model in EMBEDDED_MODELS:
         return embedded_model(model)
     return Path(model)
+
+
+def registered_dtype(model: str | os.PathLike[str] | None) -> str:
+    """The dtype an embedded model runs in by default (None: the default model); float32 for a
+    folder."""
+    entry = EMBEDDED_MODELS.get(DEFAULT_MODEL if model is None else os.fspath(model))
+    return entry.dtype if entry is not None else "float32"
 
 
 def default_model() -> Path:
@@ -310,11 +320,18 @@ def is_complete_model_dir(folder: Path, model: EmbeddedModel = SMOLLM2) -> bool:
 def _convert(gguf: Path, out: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype)
-    )
+    verbosity = transformers_logging.get_verbosity()
+    # Its advice to load a GGUF in float32 is about running it packed, not about converting it.
+    transformers_logging.set_verbosity_error()
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype)
+        )
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     # save_pretrained refuses a GGUF-loaded model; the weights are already dequantized.
     model.hf_quantizer = None
     model.is_quantized = False
@@ -360,7 +377,7 @@ def _check_resources(folder: Path, model: EmbeddedModel) -> None:
             f"{model.min_free_bytes // 2**20} MiB in {folder}, but only {free // 2**20} MiB are "
             f"free. Free some space, or {CACHE_HINT}."
         )
-    available = _available_memory()
+    available = available_memory()
     if available is not None and available < model.min_memory_bytes:
         raise NotEnoughMemory(
             f"Converting the embedded model {model.name} needs about "
@@ -370,7 +387,7 @@ def _check_resources(folder: Path, model: EmbeddedModel) -> None:
         )
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     """MemAvailable from /proc/meminfo, in bytes (None where there is no such file)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

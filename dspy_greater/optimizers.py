@@ -54,6 +54,7 @@ def _greater(setup: Setup) -> tuple[Any, Any]:
         auto=settings["budget"],
         steps=settings["steps"],
         seed=settings["seed"],
+        dtype=settings["dtype"],
         device=settings["device"],
         num_threads=setup.threads,
     )

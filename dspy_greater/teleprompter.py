@@ -63,7 +63,9 @@ class GReaTer(Teleprompter):
         num_threads: Parallel program calls.
         max_errors: Failures tolerated per evaluation (default: ``dspy.settings.max_errors``).
         seed: The search's seed.
-        dtype: The gradient model's dtype.
+        dtype: The gradient model's dtype; None for the task engine's (``local_lm`` on
+            ``"qwen2.5-coder-1.5b"``: bfloat16), else ``gradient_model``'s registered one, else
+            float32.
         device: The gradient model's device (``"cuda"`` where there is a GPU).
         validate_every_step: Score every step's prompt on the valset (for the plot and the
             report); the final choice is made on it either way.
@@ -89,7 +91,7 @@ class GReaTer(Teleprompter):
         num_threads: int = 16,
         max_errors: int | None = None,
         seed: int = 0,
-        dtype: str = "float32",
+        dtype: str | None = None,
         device: str = "cpu",
         validate_every_step: bool = True,
         progress: bool = True,

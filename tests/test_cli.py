@@ -138,10 +138,14 @@ def test_a_run_folder_from_another_run_is_refused(tmp_path, capsys, restore_dspy
         == 1
     )
     assert "seed: 0 -> 3" in capsys.readouterr().err
-    assert (
-        run_main("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run), "--resume")
-        == 0
-    )
+    resume = ("optimize", *TINY_RUN, "--optimizer", "none", "--run-dir", str(run), "--resume")
+    assert run_main(*resume, "--dtype", "bfloat16") == 1
+    assert "dtype: 'float32' -> 'bfloat16'" in capsys.readouterr().err
+    # A run from before the dtype was kept ran in float32: it resumes as one.
+    stored = json.loads((run / "cli.json").read_text())
+    assert stored.pop("dtype") == "float32"
+    (run / "cli.json").write_text(json.dumps(stored))
+    assert run_main(*resume) == 0
     assert "is finished" in capsys.readouterr().out
 
 

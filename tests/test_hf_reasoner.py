@@ -6,7 +6,7 @@ import pytest
 
 from dspy_greater.engines.base import Reasoner
 from dspy_greater.engines.hf import HFReasoner
-from dspy_greater.errors import DeviceUnavailable
+from dspy_greater.errors import DeviceUnavailable, NotEnoughMemory
 
 CONV = [{"role": "user", "content": "Name a colour."}]
 
@@ -59,3 +59,21 @@ def test_missing_gpu_and_missing_folder_are_named(tiny_model, tmp_path):
         HFReasoner(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="batch_size"):
         HFReasoner(tiny_model, batch_size=0)
+
+
+def test_a_model_the_free_memory_cannot_hold_is_refused_before_loading(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from dspy_greater.engines.hf import check_memory, parameter_count
+
+    count = parameter_count(tiny_model)
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert count == sum(p.numel() for p in loaded.parameters())
+    need_fp32 = count * 4 * 1.75
+    with pytest.raises(NotEnoughMemory, match=r"load it in bfloat16.*VLLM_CPU_KVCACHE_SPACE"):
+        check_memory(tiny_model, "float32", factor=1.75, what="x", available=int(need_fp32) - 1)
+    # bfloat16 needs half, and a refusal in bfloat16 does not suggest it.
+    check_memory(tiny_model, "bfloat16", factor=1.75, what="x", available=int(need_fp32) - 1)
+    with pytest.raises(NotEnoughMemory) as refused:
+        check_memory(tiny_model, "bfloat16", factor=1.75, what="x", available=1)
+    assert "bfloat16 (" not in str(refused.value)

@@ -322,3 +322,6 @@ def test_the_registry_and_model_names():
     with pytest.raises(ValueError, match="registered ones"):
         models.embedded_model("no-such-model")
     assert models.resolve_model("/some/folder") == Path("/some/folder")
+    assert models.registered_dtype("qwen2.5-coder-1.5b") == "bfloat16"
+    assert models.registered_dtype(None) == models.registered_dtype("smollm2-135m") == "float32"
+    assert models.registered_dtype("/some/folder") == "float32"
