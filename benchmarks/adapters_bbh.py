@@ -14,8 +14,8 @@ benchmark copy of BBH (``../shared/data/bbh``), greedy, on the local vLLM engine
 A failed parse scores 0. ``regex`` is the accuracy when failures are rescued by reading the last
 label (or the last line) out of the raw completion: the bar DESIGN.md set for ChatAdapter.
 Prints Markdown tables (mean over tasks, then per task) beside each task's majority-class rate.
-With ``--out`` the rows are saved task by task, and a run with the same ``--out`` resumes: the
-tasks already in the file are not run again. ``--screen A.json B.json ...`` prints the
+With ``--out`` the rows are saved after each ``--group`` of tasks, and a run with the same
+``--out`` resumes: the tasks already in the file are not run again. ``--screen A.json B.json ...`` prints the
 ``typed-constrain`` row of each results file side by side, per task (the models' screen).
 
     python benchmarks/adapters_bbh.py [--model NAME] [--questions 50] [--tasks a,b]
@@ -109,35 +109,42 @@ class Measured:
         )
 
 
-def run_task(
-    config: str, examples: list[Any], labels: list[str] | None, lm: Any, threads: int
-) -> dict[str, Any]:
-    """One config on one task's examples, as one parallel batch: the counts and the seconds."""
+def run_tasks(
+    config: str,
+    tasks: dict[str, list[Any]],
+    labels: dict[str, list[str] | None],
+    lm: Any,
+    threads: int,
+) -> tuple[dict[str, Any], float]:
+    """One config on some tasks' examples, all in one parallel batch (one task alone leaves the
+    engine idle while its last chains finish): each task's counts, and the seconds."""
     import dspy
 
     from dspy_greater import bbh_answer_matches, majority_class_rate
 
-    program, adapter = build(config, labels)
-    measured = Measured(program)
+    jobs: list[tuple[str, Any, Any, Any]] = []
+    for task, examples in tasks.items():
+        program, adapter = build(config, labels[task])
+        jobs.extend((task, Measured(program), adapter, ex) for ex in examples)
     started = time.perf_counter()
 
-    def one(example: Any) -> Any:
+    def one(job: tuple[str, Any, Any, Any]) -> Any:
+        _, program, adapter, example = job
         with dspy.context(lm=lm, adapter=adapter):
-            return measured(question=example.question)
+            return program(question=example.question)
 
     executor = dspy.Parallel(
-        num_threads=threads, max_errors=len(examples) + 1, disable_progress_bar=True
+        num_threads=threads, max_errors=len(jobs) + 1, disable_progress_bar=True
     )
-    predictions = executor([(one, (example,)) for example in examples])
-    row = {
-        "n": len(examples),
-        "parsed": 0,
-        "correct": 0,
-        "regex": 0,
-        "majority": majority_class_rate(examples),
-        "seconds": time.perf_counter() - started,
+    predictions = executor([(one, (job,)) for job in jobs])
+    seconds = time.perf_counter() - started
+    rows: dict[str, Any] = {
+        task: {"n": 0, "parsed": 0, "correct": 0, "regex": 0, "majority": majority_class_rate(ex)}
+        for task, ex in tasks.items()
     }
-    for example, prediction in zip(examples, predictions, strict=True):
+    for (task, _, _, example), prediction in zip(jobs, predictions, strict=True):
+        row = rows[task]
+        row["n"] += 1
         gold = str(example.answer)
         if prediction is not None and prediction.parsed:
             row["parsed"] += 1
@@ -145,8 +152,8 @@ def run_task(
             row["correct"] += hit
             row["regex"] += hit
         elif prediction is not None:
-            row["regex"] += bbh_answer_matches(regex_answer(prediction.raw, labels), gold)
-    return row
+            row["regex"] += bbh_answer_matches(regex_answer(prediction.raw, labels[task]), gold)
+    return rows, seconds
 
 
 def main() -> None:
@@ -158,6 +165,7 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--max-tokens", type=int, default=256, help="per LM call")
     parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--group", type=int, default=7, help="tasks run (and saved) together")
     parser.add_argument("--out", type=Path, default=None, help="keep the raw counts (resumable)")
     parser.add_argument("--screen", type=Path, nargs="+", help="print these results side by side")
     args = parser.parse_args()
@@ -189,20 +197,26 @@ def main() -> None:
         results = json.loads(args.out.read_text())
         if results.get("_setting") != setting:
             raise SystemExit(f"{args.out} holds a run with other settings: {results['_setting']}")
-    todo = [(c, t) for c in configs for t in tasks if t not in results.get(c, {})]
-    if todo:
+    if todo := [(c, t) for c in configs for t in tasks if t not in results.get(c, {})]:
         lm = local_lm(args.model, max_tokens=args.max_tokens)
-    for config, task in todo:
-        logging.getLogger(__name__).warning("Running %s on %s ...", config, task)
-        row = run_task(config, tasks[task], labels[task], lm, args.threads)
-        results.setdefault(config, {})[task] = row
-        if args.out:
-            args.out.write_text(json.dumps(results, indent=1))
+    for config in configs:
+        left = [t for c, t in todo if c == config]
+        for start in range(0, len(left), args.group):
+            group = left[start : start + args.group]
+            logging.getLogger(__name__).warning("Running %s on %s ...", config, group)
+            rows, seconds = run_tasks(
+                config, {t: tasks[t] for t in group}, labels, lm, args.threads
+            )
+            done = results.setdefault(config, {})
+            done.update(rows)
+            done["_seconds"] = done.get("_seconds", 0.0) + seconds
+            if args.out:
+                args.out.write_text(json.dumps(results, indent=1))
     report(results, tasks, args)
 
 
 def _configs(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each config's per-task rows (files of 2026-11 keep one ``_seconds`` per config)."""
+    """Each config's per-task rows (its ``_seconds`` left out)."""
     return {
         config: {t: r for t, r in rows.items() if not t.startswith("_")}
         for config, rows in results.items()
@@ -211,10 +225,7 @@ def _configs(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _seconds(results: dict[str, Any], config: str) -> float:
-    rows = results[config]
-    return rows.get("_seconds") or sum(
-        r.get("seconds", 0.0) for r in _configs(results)[config].values()
-    )
+    return float(results[config].get("_seconds", 0.0))
 
 
 def report(results: dict[str, Any], tasks: dict[str, list[Any]], args: Any) -> None:
@@ -290,7 +301,7 @@ def screen(files: list[Path], config: str = "typed-constrain") -> None:
         floor = statistics.mean(r["majority"] for r in done)
         means.append(f"{acc:.1%} ({100 * (acc - floor):+.1f})")
     print("| mean | | | " + " | ".join(means) + " |")
-    walls = [f"{sum(r.get('seconds', 0.0) for r in row.values()) / 60:.0f} min" for row in rows]
+    walls = [f"{run[config]['_seconds'] / 60:.0f} min" for run in runs]
     print("| wall | | | " + " | ".join(walls) + " |")
 
 

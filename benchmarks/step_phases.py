@@ -1,5 +1,5 @@
-"""Time and peak memory of one GReaTer step, per phase (SmolLM2, CPU), against the paper's
-reference procedure on the same model and data.
+"""Time and peak memory of one GReaTer step, per phase (an embedded model, CPU), against the
+paper's reference procedure on the same model and data.
 
 One step on 8 BBH examples with 128 reasoning tokens and a shortlist of 3 candidates, for each
 variant: ``reference`` (the published procedure: HF generation one example at a time, full
@@ -8,7 +8,8 @@ forward passes with full-vocabulary logits; ``reference_step.py``), our search w
 so that its peak memory (the process and its children: vLLM's engine) is its own. Prints a
 Markdown table, then the bf16-vs-fp32 gradient agreement.
 
-    python benchmarks/step_phases.py [--variants reference,vllm-float32] [--skip-agreement]
+    python benchmarks/step_phases.py [--model NAME] [--variants reference,vllm-float32]
+        [--skip-agreement] [--agreement-examples 4 --agreement-positions 3]
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class PeakMemory:
         return self.peak / 2**30
 
 
-def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
+def one_step(model_name: str, task: str, examples: int, tokens: int, variant: str) -> dict:
     import torch
 
     import dspy_greater
@@ -70,7 +71,7 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
     memory = PeakMemory()
     torch.manual_seed(0)
     reasoner_kind, gradient_kind, dtype = VARIANTS[variant]
-    path = dspy_greater.default_model()
+    path = dspy_greater.embedded_model(model_name)
     data = dspy_greater.split(dspy_greater.load_bbh(task), train=examples, dev=0).train
     if gradient_kind == "full-vocabulary":
         sys.path.insert(0, str(Path(__file__).parent))
@@ -101,7 +102,9 @@ def one_step(task: str, examples: int, tokens: int, variant: str) -> dict:
     }
 
 
-def gradient_agreement(task: str, examples: int, tokens: int, positions: int = 6) -> list[dict]:
+def gradient_agreement(
+    model_name: str, task: str, examples: int, tokens: int, positions: int
+) -> list[dict]:
     """Gradients of the same candidates in bf16 and fp32 (same reasoning): cosine, top-3 overlap."""
     import torch
 
@@ -110,13 +113,15 @@ def gradient_agreement(task: str, examples: int, tokens: int, positions: int = 6
     from dspy_greater.renderers import ChatTemplateRenderer
     from dspy_greater.search import PAPER_PROMPT, readable_tokens, shortlist_by_gradient
 
-    path = dspy_greater.default_model()
+    path = dspy_greater.embedded_model(model_name)
     data = dspy_greater.split(dspy_greater.load_bbh(task), train=examples, dev=0).train
     fp32, bf16 = HFGradientModel(path), HFGradientModel(path, dtype="bfloat16")
     renderer = ChatTemplateRenderer(fp32.tokenizer)
     prompt = renderer.encode_prompt(PAPER_PROMPT, data[0])
     contexts = [renderer.render(prompt, ex).context for ex in data]
-    reasonings = HFReasoner(path, batch_size=examples).generate(contexts, max_new_tokens=tokens)
+    reasoner = HFReasoner(path, dtype="bfloat16", batch_size=examples)
+    reasonings = reasoner.generate(contexts, max_new_tokens=tokens)
+    del reasoner
     rendered = [
         renderer.render(prompt, ex, r.token_ids) for ex, r in zip(data, reasonings, strict=True)
     ]
@@ -146,6 +151,7 @@ def gradient_agreement(task: str, examples: int, tokens: int, positions: int = 6
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="an embedded model's name")
     parser.add_argument("--task", default="sports_understanding")
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128)
@@ -159,9 +165,11 @@ def main() -> None:
     parser.add_argument(
         "--skip-agreement", action="store_true", help="skip the bf16-vs-fp32 gradient comparison"
     )
+    parser.add_argument("--agreement-examples", type=int, default=None, help="default: --examples")
+    parser.add_argument("--agreement-positions", type=int, default=6)
     args = parser.parse_args()
     if args.child:
-        report(one_step(args.task, args.examples, args.tokens, args.child))
+        report(one_step(args.model, args.task, args.examples, args.tokens, args.child))
         return
     rows = []
     for variant in args.variants.split(","):
@@ -170,6 +178,8 @@ def main() -> None:
                 __file__,
                 "--child",
                 variant,
+                "--model",
+                args.model,
                 "--task",
                 args.task,
                 "--examples",
@@ -178,9 +188,12 @@ def main() -> None:
                 str(args.tokens),
             )
         )
+    from dspy_greater.models import EMBEDDED_MODELS
+
+    title = EMBEDDED_MODELS[args.model].title
     print(
         f"One GReaTer step: {args.examples} examples of {args.task}, {args.tokens} reasoning "
-        "tokens, shortlist 3, SmolLM2-135M, CPU\n"
+        f"tokens, shortlist 3, {title}, CPU\n"
     )
     reference = next((r["total"] for r in rows if r["variant"] == "reference"), None)
     print(
@@ -202,10 +215,20 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     if args.skip_agreement:
         return
-    print("\nbf16 vs fp32 gradients over the same candidates (same reasoning)\n")
+    examples = args.agreement_examples or args.examples
+    print(
+        f"\nbf16 vs fp32 gradients over the same candidates (same reasoning, {examples} "
+        f"examples, {title})\n"
+    )
     print("| position | candidates | cosine | shortlist (top 3) shared |")
     print("| --- | --- | --- | --- |")
-    for r in gradient_agreement(args.task, args.examples, args.tokens):
+    agreement = gradient_agreement(
+        args.model, args.task, examples, args.tokens, args.agreement_positions
+    )
+    if args.out:
+        saved = json.loads(Path(args.out).read_text())
+        Path(args.out).write_text(json.dumps({**saved, "agreement": agreement}, indent=1))
+    for r in agreement:
         print(f"| {r['position']} | {r['candidates']} | {r['cosine']:.4f} | {r['top3_shared']}/3 |")
 
 

@@ -2,11 +2,12 @@
 
 One module, both engines loaded once (bfloat16, its registered dtype): they agree on the weights,
 it generates, DSPy gets a constrained answer from it through the forced-extraction adapter, and a
-gradient is taken at a slot position. About 2.5 minutes on 2 cores, most of it loading vLLM.
+gradient is taken at a slot position; the CLI optimizes (one GReaTer step) and evaluates on it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -24,7 +25,7 @@ def qwen_engines():
     from dspy_greater.engines.vllm_engine import VLLMReasoner
 
     folder = dspy_greater.embedded_model(QWEN_CODER.name)
-    reasoner = VLLMReasoner(folder, dtype=QWEN_CODER.dtype, max_model_len=2048)
+    reasoner = VLLMReasoner(folder, dtype=QWEN_CODER.dtype)  # as local_lm builds it: shared
     gradient_model = HFGradientModel(folder, dtype=QWEN_CODER.dtype)
     yield reasoner, gradient_model
     reasoner.close()
@@ -76,3 +77,30 @@ def test_qwen_engines_agree_generate_answer_and_give_a_gradient(qwen_engines, re
     assert len(gradients) == len(candidates)
     assert all(math.isfinite(g) for g in gradients)
     assert len({round(g, 6) for g in gradients}) > 1  # the candidates are told apart
+
+
+def test_the_cli_optimizes_and_evaluates_on_qwen(qwen_engines, tmp_path, capsys):
+    """`optimize --model qwen2.5-coder-1.5b` (one GReaTer step, bfloat16 by default) and
+    `evaluate --model qwen2.5-coder-1.5b`, in this process: they reuse the fixture's engine."""
+    import dspy
+
+    from dspy_greater import cli
+
+    lm, adapter = dspy.settings.lm, dspy.settings.adapter
+    run = tmp_path / "run"
+    small = ["--data", "sports_understanding", "--model", QWEN_CODER.name, "--max-tokens", "32"]
+    try:
+        code = cli.main(
+            ["optimize", *small, "--train", "2", "--dev", "2", "--test", "3", "--steps", "1"]
+            + ["--run-dir", str(run), "--no-cache"]
+        )
+        assert code == 0, capsys.readouterr().err[-3000:]
+        assert json.loads((run / "cli.json").read_text())["dtype"] == "bfloat16"
+        result = json.loads((run / "result.json").read_text())
+        assert result["generations"] > 0
+        code = cli.main(["evaluate", "--program", str(run), *small, "--split", "test"])
+        assert code == 0, capsys.readouterr().err[-3000:]
+    finally:
+        dspy.configure(lm=lm, adapter=adapter)
+    scored = json.loads((run / f"evaluate-test-{QWEN_CODER.name}.json").read_text())
+    assert scored["n"] == 3 and scored["model"] == QWEN_CODER.name and scored["generations"] >= 3
