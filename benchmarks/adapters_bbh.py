@@ -15,8 +15,8 @@ A failed parse scores 0. ``regex`` is the accuracy when failures are rescued by 
 label (or the last line) out of the raw completion: the bar DESIGN.md set for ChatAdapter.
 Prints Markdown tables (mean over tasks, then per task) beside each task's majority-class rate.
 With ``--out`` the rows are saved after each ``--group`` of tasks, and a run with the same
-``--out`` resumes: the tasks already in the file are not run again. ``--screen A.json B.json ...`` prints the
-``typed-constrain`` row of each results file side by side, per task (the models' screen).
+``--out`` resumes: the tasks already in the file are not run again. ``--screen A.json B.json ...``
+prints the ``typed-constrain`` row of each results file side by side, per task (the models' screen).
 
     python benchmarks/adapters_bbh.py [--model NAME] [--questions 50] [--tasks a,b]
         [--configs chat,forced-after] [--out FILE]
