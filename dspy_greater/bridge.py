@@ -236,8 +236,9 @@ def stage_engines(
 ) -> dict[str, StageEngines]:
     """Each predictor's engines: behind ``task_lm`` (a proxy for all), else the predictor's own
     LM, else the configured one. Predictors that share an LM share its engines, and those on one
-    folder its gradient model. Each reasoner is checked against its gradient model."""
-    from .engines.hf import HFGradientModel
+    folder and dtype its gradient model, loaded once per process (:func:`shared_gradient_model`).
+    Each reasoner is checked against its gradient model."""
+    from .engines.hf import shared_gradient_model
 
     lms = {name: task_lm or predictor.lm or dspy.settings.lm for name, predictor in stages}
     missing = [name for name, lm in lms.items() if lm is None]
@@ -254,13 +255,8 @@ def stage_engines(
             engines[name] = same_lm[0]
             continue
         reasoner, folder = reasoner_and_folder(lm, gradient_model)
-        same_folder = [e.gradient_model for e in engines.values() if e.model_folder == folder]
-        model = (
-            same_folder[0]
-            if same_folder
-            else HFGradientModel(
-                folder, dtype=gradient_dtype(dtype, reasoner, gradient_model), device=device
-            )
+        model = shared_gradient_model(
+            folder, dtype=gradient_dtype(dtype, reasoner, gradient_model), device=device
         )
         engines[name] = StageEngines(lm, reasoner, folder, model)
         check_same_weights(engines[name])

@@ -21,12 +21,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def qwen_engines():
     """Qwen's vLLM reasoner and transformers gradient model, in bfloat16."""
-    from dspy_greater.engines.hf import HFGradientModel
+    from dspy_greater.engines.hf import shared_gradient_model
     from dspy_greater.engines.vllm_engine import VLLMReasoner
 
     folder = dspy_greater.embedded_model(QWEN_CODER.name)
     reasoner = VLLMReasoner(folder, dtype=QWEN_CODER.dtype)  # as local_lm builds it: shared
-    gradient_model = HFGradientModel(folder, dtype=QWEN_CODER.dtype)
+    # As GReaTer gets it: the CLI test below reuses it rather than load the weights twice.
+    gradient_model = shared_gradient_model(folder, dtype=QWEN_CODER.dtype)
     yield reasoner, gradient_model
     reasoner.close()
 

@@ -246,3 +246,21 @@ def test_the_same_model_check_refuses_a_reasoner_that_is_another_model(smollm2, 
     with pytest.raises(ModelMismatch, match="not the same weights"):
         check_same_model(HFReasoner(smollm2), model)
     assert check_same_model(HFReasoner(tiny_model), model) < 1e-3
+
+
+def test_one_gradient_model_per_folder_and_dtype_while_it_is_in_use(tiny_model):
+    import gc
+    import weakref
+
+    from dspy_greater.engines.hf import shared_gradient_model
+
+    first = shared_gradient_model(tiny_model)
+    assert shared_gradient_model(str(tiny_model) + "/") is first  # the same folder
+    bf16 = shared_gradient_model(tiny_model, dtype="bfloat16")
+    assert bf16 is not first and bf16.model.dtype != first.model.dtype
+    released = weakref.ref(first)
+    del first, bf16
+    gc.collect()
+    assert released() is None  # the registry kept no model alive once its users let go
+    again = shared_gradient_model(tiny_model)
+    assert shared_gradient_model(tiny_model) is again

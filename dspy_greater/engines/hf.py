@@ -7,6 +7,8 @@ import logging
 import math
 import os
 import struct
+import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -220,6 +222,29 @@ class HFReasoner(TemplateChat):
         return Completion(
             text=text, token_ids=tuple(ids), finish_reason="stop" if finished else "length"
         )
+
+
+# Gradient models alive in this process, by (folder, dtype, device): a second compile, or the CLI
+# after a test, reuses the loaded one instead of holding the weights twice. Weak: nothing here
+# keeps a model alive once its users let go of it.
+_GRADIENT_MODELS: weakref.WeakValueDictionary[tuple[str, str, str], HFGradientModel] = (
+    weakref.WeakValueDictionary()
+)
+_GRADIENT_MODELS_LOCK = threading.Lock()
+
+
+def shared_gradient_model(
+    model: str | os.PathLike[str], *, dtype: str = "float32", device: str = "cpu"
+) -> HFGradientModel:
+    """The :class:`HFGradientModel` of ``model`` in ``dtype`` on ``device``: the one already
+    loaded in this process if any is still in use, else a new one."""
+    key = (os.path.realpath(model), dtype, device)
+    with _GRADIENT_MODELS_LOCK:
+        found = _GRADIENT_MODELS.get(key)
+        if found is None:
+            found = HFGradientModel(model, dtype=dtype, device=device)
+            _GRADIENT_MODELS[key] = found
+        return found
 
 
 class HFGradientModel:
