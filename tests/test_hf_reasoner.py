@@ -39,14 +39,17 @@ def test_continue_final_message_continues_the_assistant_text(smollm2):
     assert continued.text.strip()
 
 
-def test_stop_strings_cut_the_text(smollm2):
+def test_stop_strings_cut_the_text_and_end_the_generation(smollm2):
     reasoner = HFReasoner(smollm2)
     [full] = reasoner.chat([CONV], max_new_tokens=24)
     word = full.text.split()[1]
-    [stopped] = reasoner.chat([CONV], max_new_tokens=24, stop=[word])
-    assert word not in stopped.text
-    assert full.text.startswith(stopped.text)
-    assert stopped.finish_reason == "stop"
+    for _ in range(2):  # the second call reuses the stop criteria the first one built
+        [stopped] = reasoner.chat([CONV], max_new_tokens=24, stop=[word])
+        assert word not in stopped.text
+        assert full.text.startswith(stopped.text)
+        assert stopped.finish_reason == "stop"
+        # generation ended at the stop string, not at max_new_tokens
+        assert len(stopped.token_ids) < len(full.token_ids)
 
 
 def test_missing_gpu_and_missing_folder_are_named(tiny_model, tmp_path):

@@ -160,6 +160,7 @@ class HFReasoner(TemplateChat):
         self.truncated_sequences = 0  # those that stopped at max_new_tokens
         self.batch_size = batch_size
         self._eos = _eos_ids(self.model, self.tokenizer)
+        self._stop_criteria: dict[tuple[str, ...], Any] = {}
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
         return _prompt_logprobs(self.model, ids, self.device)
@@ -206,10 +207,23 @@ class HFReasoner(TemplateChat):
                 do_sample=temperature > 0,
                 **({"temperature": temperature, "top_k": 0} if temperature > 0 else {}),
                 pad_token_id=pad,
-                stop_strings=stop or None,
-                tokenizer=tok if stop else None,
+                stopping_criteria=self._stopping(tuple(stop)),
             )
         return [self._completion(ids, max_new_tokens, stop) for ids in output[:, width:].tolist()]
+
+    def _stopping(self, stop: tuple[str, ...]) -> Any:
+        """Criteria that end a sequence at any of ``stop``, built once per stop list: building
+        them reads and hashes the whole vocabulary, which cost more than the generation itself
+        on small models when ``generate(stop_strings=...)`` did it on every call."""
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        if not stop:
+            return None
+        if stop not in self._stop_criteria:
+            self._stop_criteria[stop] = StoppingCriteriaList(
+                [StopStringCriteria(self.tokenizer, list(stop))]
+            )
+        return self._stop_criteria[stop]
 
     def _completion(self, ids: list[int], max_new_tokens: int, stop: list[str]) -> Completion:
         cut = next((i for i, t in enumerate(ids) if t in self._eos), None)
