@@ -95,6 +95,7 @@ def one_step(model_name: str, task: str, examples: int, tokens: int, variant: st
         "propose": step.seconds["propose"],
         "gradient": step.seconds["gradient"],
         "select": step.seconds["select"],
+        "select_generation": step.seconds["select_generation"],
         "candidates": len(step.candidates),
         "chosen": step.prompt_after,
         "total": total,
@@ -197,16 +198,24 @@ def main() -> None:
     )
     reference = next((r["total"] for r in rows if r["variant"] == "reference"), None)
     print(
-        "| variant | reason (1 prompt) | propose | gradient | select (3 prompts) | "
-        "step total | vs reference | candidates | chosen | peak memory |"
+        "| variant | reason (1 prompt) | propose | gradient | select (3 prompts: generate + "
+        "score) | step | first step | vs reference | candidates | chosen | peak memory |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         ratio = f"{reference / r['total']:.1f}× faster" if reference else ""
+        step = r["propose"] + r["gradient"] + r["select"]  # what every later step costs
+        generation = r.get("select_generation")
+        split = (
+            f" ({generation:.1f} + {r['select'] - generation:.1f})"
+            if generation is not None
+            else ""
+        )
         print(
             f"| {r['variant']} | {r['reason']:.1f} s | {r['propose']:.1f} s | "
-            f"{r['gradient']:.1f} s | {r['select']:.1f} s | {r['total']:.1f} s | {ratio} | "
-            f"{r['candidates']} | {r['chosen']!r} | {r['peak_gib']:.2f} GiB |"
+            f"{r['gradient']:.1f} s | {r['select']:.1f} s{split} | {step:.1f} s | "
+            f"{r['total']:.1f} s | {ratio} | {r['candidates']} | {r['chosen']!r} | "
+            f"{r['peak_gib']:.2f} GiB |"
         )
     for r in rows:
         phases = {k: r[k] for k in ("reason", "propose", "gradient", "select")}
