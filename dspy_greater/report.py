@@ -25,7 +25,7 @@ class StageRun:
     instructions: str
     validation: dict[str, float]  # candidate instructions -> validation score (the rest fixed)
     train_scores: list[float]  # the metric on the training batch after each step
-    validation_per_step: list[float | None]  # None where validate_every_step=False
+    validation_per_step: list[float | None]  # None where that step's prompt was not validated
     targets: str  # "labels" (the examples' own) or "traces" (from runs that passed the metric)
     examples: int  # how many examples the gradients were taken on
     search: GreaterResult | None = None

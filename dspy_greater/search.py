@@ -34,12 +34,26 @@ PAPER_PROMPT = (
 )
 # Search settings per budget: "light" runs in minutes on a 2-core CPU with SmolLM2; "heavy" is
 # the paper's (100 steps over 50 examples, the defaults).
+# keep_top is also how many prompts GReaTer validates at the end of a stage (beside the start):
+# each costs a pass over the valset, which on the light budget cost more than the search.
 BUDGETS: dict[str, dict[str, int]] = {
     "light": dict(
-        steps=8, num_examples=8, top_k=10, num_subsets=4, subset_size=3, max_reasoning_tokens=128
+        steps=8,
+        num_examples=8,
+        top_k=10,
+        num_subsets=4,
+        subset_size=3,
+        max_reasoning_tokens=128,
+        keep_top=3,
     ),
     "medium": dict(
-        steps=25, num_examples=16, top_k=20, num_subsets=5, subset_size=4, max_reasoning_tokens=256
+        steps=25,
+        num_examples=16,
+        top_k=20,
+        num_subsets=5,
+        subset_size=4,
+        max_reasoning_tokens=256,
+        keep_top=5,
     ),
     "heavy": {},
 }

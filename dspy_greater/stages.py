@@ -155,8 +155,10 @@ def optimize_stage(
         stage_dir.close()
     best = max(candidates, key=lambda text: (validation[text], -candidates.index(text)))
     predictor.signature = signature.with_instructions(best)
-    per_step = [  # from the cache, on resume too
-        run.validation(name, r.prompt_after) if run.validate_every_step else None
+    per_step = [  # from the cache, on resume too; else where the final choice validated it
+        run.validation(name, r.prompt_after)
+        if run.validate_every_step
+        else validation.get(r.prompt_after)
         for r in result.history
     ]
     stage = StageRun(

@@ -67,8 +67,10 @@ class GReaTer(Teleprompter):
             ``"qwen2.5-coder-1.5b"``: bfloat16), else ``gradient_model``'s registered one, else
             float32.
         device: The gradient model's device (``"cuda"`` where there is a GPU).
-        validate_every_step: Score every step's prompt on the valset (for the plot and the
-            report); the final choice is made on it either way.
+        validate_every_step: Also score every step's prompt on the valset (for the plot), not
+            only the start and the best ``keep_top`` prompts by training score at the end, among
+            which the valset chooses either way. Off by default: on the light budget it cost
+            more generations than the search itself.
         progress: Show progress bars.
         on_step: Called with each step's record after it is saved.
     """
@@ -93,7 +95,7 @@ class GReaTer(Teleprompter):
         seed: int = 0,
         dtype: str | None = None,
         device: str = "cpu",
-        validate_every_step: bool = True,
+        validate_every_step: bool = False,
         progress: bool = True,
         on_step: Callable[[StepRecord], None] | None = None,
     ) -> None:

@@ -74,6 +74,34 @@ def test_compile_returns_a_copy_with_only_the_instructions_changed(tiny_lm, tmp_
     assert (stage / "generations.jsonl").read_text().count("\n") >= 4
 
 
+def test_the_valset_scores_the_start_and_the_best_few_unless_asked_for_every_step(
+    tiny_lm, tmp_path
+):
+    config = GreaterConfig(**{**TINY_CONFIG.__dict__, "steps": 3, "keep_top": 1})
+    runs = {}
+    for every in (False, True):
+        with dspy.context(lm=tiny_lm):  # one thread: the two runs' chains are compared
+            runs[every] = (
+                _optimizer(config=config, num_threads=1, validate_every_step=every)
+                .compile(
+                    dspy.ChainOfThought("question -> answer"),
+                    trainset=DATA[:6],
+                    valset=DATA[6:],
+                    run_dir=tmp_path / str(every),
+                )
+                .greater_run.stages[0]
+            )
+    few, each = runs[False], runs[True]
+    [(best, _, _)] = few.search.top_prompts  # keep_top=1: the best by training score
+    assert set(few.validation) == {few.start_instructions, best}
+    assert few.validation_per_step == [few.validation.get(r.prompt_after) for r in few.history]
+    assert None not in each.validation_per_step  # every step's prompt scored on the valset
+    assert set(each.validation) == set(few.validation)  # the final choice is among the same
+    # validating every step costs more, and changes nothing the compile chooses
+    assert [r.prompt_after for r in few.history] == [r.prompt_after for r in each.history]
+    assert few.instructions == each.instructions
+
+
 def test_a_stopped_compile_resumes_to_the_same_result(tiny_lm, tmp_path):
     with dspy.context(lm=tiny_lm):
         whole = _optimizer(config=GreaterConfig(**{**TINY_CONFIG.__dict__, "steps": 3})).compile(
