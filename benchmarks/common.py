@@ -22,9 +22,10 @@ def report(row: Any) -> None:
 
 
 def run_child(script: str, *args: str) -> Any:
-    """In the parent: run ``script`` with ``args`` in a new Python and return what it reported."""
+    """In the parent: run ``script`` with ``args`` in a new Python and return what it reported
+    (its logs and progress pass through on stderr)."""
     out = subprocess.run(
-        [sys.executable, script, *args], check=True, capture_output=True, text=True
+        [sys.executable, script, *args], check=True, stdout=subprocess.PIPE, text=True
     ).stdout
     return json.loads(next(line[len(MARK) :] for line in out.splitlines() if line.startswith(MARK)))
 
@@ -56,3 +57,34 @@ def timed_step(data: list[Any], reasoner: Any, model: Any, tokens: int) -> tuple
         progress=False,
     )
     return result, time.perf_counter() - started
+
+
+class PeakMemory:
+    """Peak resident memory of this process and its children (vLLM's engine is a child), sampled
+    every 50 ms in a thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self._me, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.05):
+            total = 0
+            for proc in [self._me, *self._me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**30

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import report, run_child, timed_step
+from common import PeakMemory, report, run_child, timed_step
 
 VARIANTS = {
     # name: (reasoner, gradient model, dtype)
@@ -29,37 +29,6 @@ VARIANTS = {
     "vllm-float32": ("vllm", "ours", "float32"),
     "vllm-bfloat16": ("vllm", "ours", "bfloat16"),
 }
-
-
-class PeakMemory:
-    """Peak resident memory of this process and its children (vLLM's engine is a child), sampled
-    every 50 ms in a thread."""
-
-    def __init__(self) -> None:
-        import threading
-
-        import psutil
-
-        self._me, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        import psutil
-
-        while not self._stop.wait(0.05):
-            total = 0
-            for proc in [self._me, *self._me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak / 2**30
 
 
 def one_step(model_name: str, task: str, examples: int, tokens: int, variant: str) -> dict:

@@ -170,3 +170,45 @@ def test_gradient_ranks_candidates_like_exact_substitution_on_smollm2(smollm2, r
         f"mean {mean:.3f}"
     )
     assert mean > 0.05
+
+
+def test_a_prefix_all_examples_share_is_run_once_and_changes_nothing(tiny_model):
+    """Instructions in the system message: the context before the slot is the same for every
+    example, so a step runs it once; the gradients equal those with it run for each example."""
+    import dspy
+
+    from dspy_greater import AdapterRenderer, ForcedExtractionAdapter
+    from tests.helpers import even_questions
+
+    model = full_precision(HFGradientModel(tiny_model, dtype="float64"))
+    signature = dspy.ChainOfThought("question -> answer").predict.signature
+    renderer = AdapterRenderer(signature, model.tokenizer, ForcedExtractionAdapter())
+    examples = even_questions(3)
+    prompt = renderer.encode_prompt("Think step by step.", examples[0])
+    rendered = [renderer.render(prompt, ex, (prompt[0],) * 4) for ex in examples]
+    position = 1
+    at = rendered[0].slot.start + position
+    assert all(r.ids[:at] == rendered[0].ids[:at] for r in rendered)
+    assert len({r.ids for r in rendered}) == 3
+    candidates = sorted({prompt[position], prompt[0], prompt[-1]})
+    loss_args = dict(answer_temperature=0.2, fluency_weight=0.2)
+
+    prefix_runs = []
+    run = model._run
+
+    def counted(ids, **kw):
+        if kw.get("embeds") is None:  # a run over ids: the prefix
+            prefix_runs.append(len(ids))
+        return run(ids, **kw)
+
+    model._run = counted
+    shared = model.candidate_gradients(rendered, position, candidates, **loss_args)
+    assert prefix_runs == [at]  # once for all three examples
+
+    separately = torch.zeros(len(candidates), dtype=torch.float64)
+    for example in rendered:
+        model._last_prefix = None  # run the prefix again for this example
+        gradients = model.candidate_gradients([example], position, candidates, **loss_args)
+        separately += torch.tensor(gradients, dtype=torch.float64)
+    assert len(prefix_runs) == 4
+    assert shared == pytest.approx(separately.tolist(), rel=1e-12, abs=1e-15)

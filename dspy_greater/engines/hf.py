@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -288,6 +289,7 @@ class HFGradientModel:
         vocab_size = self._embeddings.shape[0]
         self._vocab = [self.tokenizer.decode([i]) for i in range(vocab_size)]
         self._special = frozenset(self.tokenizer.all_special_ids)
+        self._last_prefix: tuple[tuple[int, ...], Any, Any] | None = None  # (ids, hidden, cache)
 
     @property
     def vocab(self) -> Sequence[str]:
@@ -320,7 +322,11 @@ class HFGradientModel:
         return out.last_hidden_state[0], out.past_key_values
 
     def _prefix(self, example: RenderedExample, position: int) -> tuple[Any, Any, int]:
-        """Run the ids before prompt ``position`` without gradient: (hidden, cache, position)."""
+        """Run the ids before prompt ``position`` without gradient: (hidden, cache, position).
+
+        The last prefix run is kept: with the instructions in the system message, every
+        example shares the context before the slot, so a step runs it once, not once per
+        example. The caller gets its own copy of the cache (running on extends it in place)."""
         at = example.slot.start + position
         # position == slot length asks about the token that would follow the prompt.
         if not 0 <= position <= example.slot.stop - example.slot.start:
@@ -329,9 +335,14 @@ class HFGradientModel:
             raise ValueError(
                 "The prompt slot must not start the sequence (nothing to condition on)."
             )
-        with self._torch.no_grad():
-            hidden, cache = self._run(example.ids[:at])
-        return hidden, cache, at
+        ids = tuple(example.ids[:at])
+        last = self._last_prefix  # read once: another thread may replace it
+        if last is None or last[0] != ids:
+            with self._torch.no_grad():
+                last = (ids, *self._run(ids))
+            self._last_prefix = last
+        _, hidden, cache = last
+        return hidden, copy.deepcopy(cache), at
 
     # -- the protocol ---------------------------------------------------------------------
     def ranked_next_tokens(
