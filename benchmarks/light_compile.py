@@ -79,7 +79,8 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     run = compiled.greater_run
     [stage] = run.stages
     phases = {p: sum(r.seconds.get(p, 0.0) for r in stage.history) for p in PHASES}
-    start = dspy_greater.accuracy(program, test)
+    # the start's test score is the same in every variant: measured once
+    start = args.test_start if args.test_start is not None else dspy_greater.accuracy(program, test)
     result = start if run.instructions == run.start_instructions else None
     if result is None:
         result = dspy_greater.accuracy(compiled, test)
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--run-root", default="benchmarks/runs/light_compile")
     parser.add_argument("--out", default=None, help="JSON rows, kept as each variant finishes")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--test-start", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         from dspy_greater.logs import configure_logging
@@ -166,7 +168,14 @@ def main() -> None:
             sys.exit(f"--variants: {variant!r} is not one of {', '.join(VARIANTS)}")
         if any(r["variant"] == variant and r["task"] == args.task for r in rows):
             continue
-        rows.append(run_child(__file__, *_without_variants(sys.argv[1:]), "--child", variant))
+        known = [
+            r["test_start"]
+            for r in rows
+            if (r["model"], r["task"], r["test_n"]) == (args.model, args.task, args.test)
+        ]
+        start = ["--test-start", str(known[0])] if known else []
+        child = [*_without_variants(sys.argv[1:]), *start, "--child", variant]
+        rows.append(run_child(__file__, *child))
         if out:
             out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(f"A light compile ({args.steps} steps), {args.model} on {args.task}, CPU\n")
