@@ -326,7 +326,8 @@ class HFGradientModel:
 
         The last prefix run is kept: with the instructions in the system message, every
         example shares the context before the slot, so a step runs it once, not once per
-        example. The caller gets its own copy of the cache (running on extends it in place)."""
+        example. The cache is the kept one: a caller that runs on from it must copy it first
+        (running on extends it in place)."""
         at = example.slot.start + position
         # position == slot length asks about the token that would follow the prompt.
         if not 0 <= position <= example.slot.stop - example.slot.start:
@@ -342,7 +343,7 @@ class HFGradientModel:
                 last = (ids, *self._run(ids))
             self._last_prefix = last
         _, hidden, cache = last
-        return hidden, copy.deepcopy(cache), at
+        return hidden, cache, at
 
     # -- the protocol ---------------------------------------------------------------------
     def ranked_next_tokens(
@@ -382,6 +383,7 @@ class HFGradientModel:
         """The loss of one example with the slot ``position`` embedded as ``weights @ E[cands]``."""
         torch = self._torch
         hidden_prefix, cache, at = self._prefix(example, position)
+        cache = copy.deepcopy(cache)
         cand = torch.tensor(list(candidates), dtype=torch.long, device=self.device)
         rest = torch.tensor(example.ids[at:], dtype=torch.long, device=self.device)
         embeds = self._embeddings[rest].clone()
