@@ -40,6 +40,11 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     )
 
 
+def _said(process: subprocess.CompletedProcess) -> str:
+    """A finished command's exit code and the end of what it wrote, for assertion messages."""
+    return f"exit code {process.returncode}; stderr ends:\n{process.stderr[-4000:]}"
+
+
 def test_the_script_is_installed_and_every_command_has_help():
     assert SCRIPT.exists(), "pip install -e . registers the dspy-greater script"
     top = cli("--help")
@@ -180,31 +185,35 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings, vl
         text=True,
         timeout=600,
     )
-    assert interrupted.returncode == 130, interrupted.stderr[-2000:]
-    assert "--resume" in interrupted.stderr
-    assert not (run / "result.json").exists()
+    said = _said(interrupted)  # every assertion below shows what the command wrote
+    assert interrupted.returncode == 130, said
+    assert "--resume" in interrupted.stderr, said
+    assert not (run / "result.json").exists(), said
     [stage] = list((run / "greater" / "stages").glob("*/run.json"))
     checkpoint = json.loads(stage.read_text())["state"]
-    assert checkpoint["steps_done"] == 1
+    assert checkpoint["steps_done"] == 1, said
     spent = json.loads((run / "spent.json").read_text())  # the cost so far survives Ctrl-C
-    assert spent["seconds"] > 0 and spent["generations"] > 0
+    assert spent["seconds"] > 0 and spent["generations"] > 0, (spent, said)
 
     resumed = cli(*args, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming" in resumed.stderr
+    said = _said(resumed)
+    assert resumed.returncode == 0, said
+    assert "Resuming" in resumed.stderr, said
     # what a user reads: no warnings from the engines or DSPy (those come with -v), and the
     # chains cut short by the token limit counted once, not one warning each
-    assert "WARNING" not in resumed.stderr and "LM response was truncated" not in resumed.stderr
-    assert resumed.stderr.count("stopped at their token limit") <= 2  # GReaTer's, the command's
+    assert "WARNING" not in resumed.stderr, said
+    assert "LM response was truncated" not in resumed.stderr, said
+    assert resumed.stderr.count("stopped at their token limit") <= 2, said  # ours, the command's
     final = json.loads(stage.read_text())["state"]
-    assert final["steps_done"] == 2
-    assert final["history"][0] == checkpoint["history"][0]  # the first step was kept, not redone
+    assert final["steps_done"] == 2, said
+    assert final["history"][0] == checkpoint["history"][0], said  # the first step was kept
     for name in ("program.json", "cli.json", "result.json", "history.json"):
-        assert (run / name).is_file(), name
+        assert (run / name).is_file(), (name, said)
     result = json.loads((run / "result.json").read_text())
     assert result["optimizer"] == "greater"
     # the result counts both sessions: what was spent before Ctrl-C, and the resumed step's work
-    assert result["generations"] > spent["generations"] and result["seconds"] > spent["seconds"]
+    assert result["generations"] > spent["generations"], (result, spent, said)
+    assert result["seconds"] > spent["seconds"], (result, spent, said)
     assert 0.0 <= result["dev_result"] <= 1.0 and result["dev_size"] == 4
     [instructions] = result["instructions"].values()
     assert instructions in (run / "program.json").read_text()
