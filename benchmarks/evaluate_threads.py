@@ -1,68 +1,125 @@
-"""`dspy.Evaluate` on BBH questions, the embedded model on the local vLLM engine: 1 vs 16 threads.
+"""`dspy.Evaluate` on BBH questions on the local vLLM engine: how the engine batches DSPy's threads.
 
-DSPy calls the LM once per example from each thread; the engine behind `local_lm()` gathers
-concurrent calls into one vLLM batch. Prints a Markdown table (wall time, LM calls, tokens/s,
-mean batch size). SmolLM2 does not follow ChatAdapter's format, so DSPy also makes its JSON-adapter
-fallback call per example: both count as LM calls, and the failures score 0.
+DSPy calls the LM once per example and field from each thread (the forced-extraction adapter: one
+call for the reasoning, one for the answer). The threads reach the engine spread out, each
+formatting its prompt first. The engine behind `local_lm()` either gathers the calls that arrive
+within 5 ms into one batch (`gathered`, the way before issue 19) or adds each call to the requests
+in flight at the model's next step (`continuous`). Each variant runs in a fresh process (its own
+engine, a cold prefix cache). Prints a Markdown table; `--out` keeps the raw rows.
 
-    python benchmarks/evaluate_threads.py [--questions 100] [--max-tokens 64]
+    python benchmarks/evaluate_threads.py [--model qwen2.5-coder-1.5b] [--questions 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sys
 import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_bbh, report, run_child
+
+VARIANTS = {"gathered": False, "continuous": True}
+
+
+def one_run(args: argparse.Namespace, variant: str) -> dict[str, Any]:
+    import dspy
+
+    import dspy_greater
+    from dspy_greater import ForcedExtractionAdapter
+    from dspy_greater.engines.vllm_engine import VLLMReasoner
+    from dspy_greater.lm import AsyncLocalEngine, LocalEngine
+    from dspy_greater.models import EMBEDDED_MODELS
+
+    logging.getLogger("dspy").setLevel(logging.ERROR)
+    examples = load_bbh(args.task)
+    questions = examples[: args.questions]
+    reasoner = VLLMReasoner(
+        dspy_greater.embedded_model(args.model), dtype=EMBEDDED_MODELS[args.model].dtype
+    )
+    engine = LocalEngine(reasoner, continuous=VARIANTS[variant])
+    lm = dspy.LM(
+        f"local/{variant}",
+        engine=engine,
+        async_engine=AsyncLocalEngine(engine),
+        temperature=0.0,
+        max_tokens=args.max_tokens,
+        cache=False,
+    )
+    program = dspy_greater.bbh_program(examples, dspy_greater.PAPER_PROMPT)
+    started = time.perf_counter()
+    with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
+        score = dspy_greater.accuracy(program, questions, num_threads=args.threads)
+    wall = time.perf_counter() - started
+    tokens = sum(h["usage"]["completion_tokens"] for h in lm.history)
+    sizes = lm.engine.batch_sizes
+    return {
+        "variant": variant,
+        "model": args.model,
+        "task": args.task,
+        "questions": len(questions),
+        "threads": args.threads,
+        "max_tokens": args.max_tokens,
+        "seconds": wall,
+        "lm_calls": len(lm.history),
+        "generated_tokens": tokens,
+        "model_calls": len(sizes),  # batches (gathered) or model steps (continuous)
+        "mean_batch": sum(sizes) / len(sizes) if sizes else None,
+        "accuracy": score,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| batching | wall | LM calls | generated tokens/s | model calls | mean batch | accuracy |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['seconds']:.0f} s | {r['lm_calls']} | "
+            f"{r['generated_tokens'] / r['seconds']:.1f} | {r['model_calls']} | "
+            f"{r['mean_batch']:.1f} | {r['accuracy']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="sports_understanding")
-    parser.add_argument("--questions", type=int, default=100)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threads", default="1,16")
+    parser.add_argument("--model", default="smollm2-135m", help="an embedded model's name")
+    parser.add_argument("--task", default="reasoning_about_colored_objects")
+    parser.add_argument("--questions", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=128, help="reasoning tokens per call")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", default=None, help="JSON rows, kept as each variant finishes")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    logging.getLogger("dspy").setLevel(logging.ERROR)
-
-    import dspy
-
-    import dspy_greater
-    from dspy_greater.lm import local_lm
-
-    lm = local_lm(max_tokens=args.max_tokens, cache=False)
-    devset = dspy_greater.load_bbh(args.task)[: args.questions]
-    program = dspy.ChainOfThought("question -> answer")
-    rows = []
-    for threads in (int(t) for t in args.threads.split(",")):
-        calls_before, batches_before = len(lm.history), len(lm.engine.batch_sizes)
-        evaluate = dspy.Evaluate(
-            devset=devset,
-            metric=dspy_greater.bbh_metric,
-            num_threads=threads,
-            max_errors=10 * len(devset),
-            display_progress=False,
-            failure_score=0.0,
-        )
-        started = time.perf_counter()
-        with dspy.context(lm=lm):
-            result = evaluate(program)
-        wall = time.perf_counter() - started
-        history = lm.history[calls_before:]
-        tokens = sum(h["usage"]["completion_tokens"] for h in history)
-        batches = lm.engine.batch_sizes[batches_before:]
-        rows.append(
-            (threads, wall, len(history), tokens / wall, sum(batches) / len(batches), result.score)
-        )
+    if args.child:
+        report(one_run(args, args.child))
+        return
+    out = Path(args.out) if args.out else None
+    rows: list[dict[str, Any]] = json.loads(out.read_text())["rows"] if out and out.exists() else []
+    for variant in args.variants.split(","):
+        if variant not in VARIANTS:
+            sys.exit(f"--variants: {variant!r} is not one of {', '.join(VARIANTS)}")
+        if any(r["variant"] == variant and r["model"] == args.model for r in rows):
+            continue
+        argv = [a for a in sys.argv[1:] if not a.startswith("--variants")]
+        rows.append(run_child(__file__, *argv, "--child", variant))
+        if out:
+            out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    rows = [r for r in rows if r["model"] == args.model]
     print(
-        f"dspy.Evaluate, ChainOfThought, {len(devset)} {args.task} questions, local vLLM engine, "
-        f"max_tokens {args.max_tokens}, SmolLM2-135M, CPU\n"
+        f"dspy.Evaluate with the forced-extraction adapter, {rows[0]['questions']} {args.task} "
+        f"questions, {args.threads} threads, {args.model} on the local vLLM engine, CPU\n"
     )
-    print("| threads | wall | LM calls | generated tokens/s | mean batch | score |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for threads, wall, calls, rate, batch, score in rows:
-        print(f"| {threads} | {wall:.0f} s | {calls} | {rate:.0f} | {batch:.1f} | {score:.1f} |")
+    print(table(rows))
     if len(rows) == 2:
-        print(f"\n{rows[1][0]} threads vs {rows[0][0]}: {rows[0][1] / rows[1][1]:.1f}x faster")
+        print(f"\ncontinuous vs gathered: {rows[0]['seconds'] / rows[1]['seconds']:.2f}x faster")
 
 
 if __name__ == "__main__":  # vLLM starts worker processes with spawn: keep this guard

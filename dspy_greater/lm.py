@@ -4,8 +4,9 @@ reasoning on a server through a ``dspy.LM``.
 ``local_lm()`` returns a ``dspy.LM`` whose engine runs the embedded (or any local) model on vLLM's
 offline engine, or on ``transformers`` when vLLM is missing. DSPy calls an LM once per example,
 often from many threads (``dspy.Evaluate``, ``dspy.Parallel``, optimizers), and ``vllm.LLM`` is not
-thread-safe: the engine funnels every call through one worker thread that gathers concurrent
-requests for a few milliseconds and sends them to the model as one batch.
+thread-safe: the engine funnels every call through one worker thread. On vLLM that thread batches
+continuously: a call joins the requests in flight at the model's next step. On other reasoners it
+gathers the calls that arrive within a few milliseconds and sends them to the model as one batch.
 """
 
 from __future__ import annotations
@@ -60,13 +61,31 @@ class LocalEngine:
     a deep-copied DSPy program must not copy model weights.
     """
 
-    def __init__(self, reasoner: Reasoner, *, max_batch: int = 256, gather_ms: float = 5.0) -> None:
+    def __init__(
+        self,
+        reasoner: Reasoner,
+        *,
+        max_batch: int = 256,
+        gather_ms: float = 5.0,
+        continuous: bool | None = None,
+    ) -> None:
         self.reasoner = reasoner
+        # continuous batching where the reasoner can (``submit``/``step``: vLLM's); else gather
+        supported = callable(getattr(reasoner, "submit", None))
+        if continuous and not supported:
+            raise GreaterError(
+                f"{type(reasoner).__name__} cannot batch continuously (no submit/step); "
+                "use the vLLM backend, or continuous=None."
+            )
+        self.continuous = supported if continuous is None else continuous
         self.max_batch = max_batch
         self.gather_seconds = gather_ms / 1000
-        self.batch_sizes: list[int] = []  # size of every batch sent to the model (for measuring)
+        # for measuring: the size of every batch sent to the model, or (continuous batching) the
+        # requests in flight at every model step
+        self.batch_sizes: list[int] = []
         self.poll_seconds = 1.0  # how often a waiting caller checks that the worker still runs
         self._died: BaseException | None = None
+        self._in_flight: dict[str, _Request] = {}  # continuous batching: by request id
         self._jobs: queue.Queue[_Request] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="dspy-greater-engine", daemon=True)
         self._worker.start()
@@ -130,17 +149,54 @@ class LocalEngine:
     def _serve(self) -> None:
         try:
             while True:
-                self._run_batch(self._gather())
+                if self.continuous:
+                    self._step()
+                else:
+                    self._run_batch(self._gather())
         except BaseException as exc:  # the thread ends: no caller may wait on it any more
             self._died = exc
-            while True:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
+            for job in [*self._in_flight.values(), *self._waiting()]:
                 if not job.future.done():
                     job.future.set_exception(self._stopped(exc))
             logger.error("The local engine's worker thread stopped: %r", exc)
+
+    def _waiting(self) -> list[_Request]:
+        """Every job queued now, taken off the queue (without waiting for more)."""
+        jobs = []
+        while True:
+            try:
+                jobs.append(self._jobs.get_nowait())
+            except queue.Empty:
+                return jobs
+
+    def _step(self) -> None:
+        """Continuous batching (a reasoner with ``submit``/``step``, vLLM's): every job that
+        arrived joins the requests in flight, then the model takes one step. DSPy's threads
+        reach the engine spread over a second or more (each formats its prompt first); here a
+        late one waits one model step, not for a whole batch."""
+        arrived = [] if self._in_flight else [self._jobs.get()]  # idle: wait for work
+        for job in [*arrived, *self._waiting()]:
+            try:
+                request_id = self.reasoner.submit(  # type: ignore[attr-defined]
+                    job.ids, max_new_tokens=job.max_tokens, stop=job.stop, **_options(job)
+                )
+            except Exception as exc:  # this prompt is refused (too long, bad options): its caller
+                job.future.set_exception(exc)
+                continue
+            self._in_flight[request_id] = job
+        if not self._in_flight:
+            return
+        self.batch_sizes.append(len(self._in_flight))
+        try:
+            finished = self.reasoner.step()  # type: ignore[attr-defined]
+        except Exception as exc:  # the engine failed: every request in flight fails with it
+            for job in self._in_flight.values():
+                job.future.set_exception(exc)
+            self._in_flight.clear()
+            return
+        for request_id, completion in finished:
+            if request_id in self._in_flight:  # else its caller was failed when a step raised
+                self._in_flight.pop(request_id).future.set_result(completion)
 
     def _gather(self) -> list[_Request]:
         """The next job, and every job that arrives within ``gather_ms`` after it."""
@@ -159,14 +215,14 @@ class LocalEngine:
             groups.setdefault((job.max_tokens, job.stop, job.schema, job.temperature), []).append(
                 job
             )
-        for (max_tokens, stop, schema, temperature), group in groups.items():
+        for (max_tokens, stop, _, _), group in groups.items():
             self.batch_sizes.append(len(group))
-            options: dict[str, Any] = {} if schema is None else {"json_schema": json.loads(schema)}
-            if temperature > 0:  # keyword only when sampling: greedy reasoners need not know it
-                options["temperature"] = temperature
             try:
                 outs = self.reasoner.generate(
-                    [j.ids for j in group], max_new_tokens=max_tokens, stop=stop, **options
+                    [j.ids for j in group],
+                    max_new_tokens=max_tokens,
+                    stop=stop,
+                    **_options(group[0]),
                 )
                 if len(outs) != len(group):
                     raise GreaterError(
@@ -184,6 +240,15 @@ class LocalEngine:
                 raise
             for job, out in zip(group, outs, strict=True):
                 job.future.set_result(out)
+
+
+def _options(job: _Request) -> dict[str, Any]:
+    """The reasoner's keyword options for a job: a JSON schema, and the temperature when sampling
+    (greedy reasoners need not know that keyword)."""
+    options: dict[str, Any] = {} if job.schema is None else {"json_schema": json.loads(job.schema)}
+    if job.temperature > 0:
+        options["temperature"] = job.temperature
+    return options
 
 
 def local_reasoner(lm: Any) -> Reasoner | None:

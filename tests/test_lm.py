@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dspy
@@ -11,6 +12,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from dspy_greater.engines import make_reasoner
 from dspy_greater.engines.hf import HFReasoner
+from dspy_greater.errors import GreaterError
 from dspy_greater.lm import LocalEngine, local_lm
 
 
@@ -58,8 +60,65 @@ def test_concurrent_calls_are_batched(vllm_reasoner):
     with ThreadPoolExecutor(16) as pool:  # as dspy.Evaluate / dspy.Parallel call an LM
         answers = list(pool.map(lambda m: engine_lm(messages=m)[0], questions))
     assert len(answers) == 16 and all(isinstance(a, str) for a in answers)
-    assert max(engine.batch_sizes) > 1, engine.batch_sizes
-    assert sum(engine.batch_sizes) == 16
+    assert max(engine.batch_sizes) > 1, engine.batch_sizes  # requests in flight per model step
+    assert max(engine.batch_sizes) <= 16
+
+
+def _counting(lm, start: str, max_tokens: int) -> str:
+    """The model continues ``start`` (a count it goes on with) for ``max_tokens`` tokens."""
+    messages = [
+        {"role": "user", "content": "Count from 1 to 200, separated by commas."},
+        {"role": "assistant", "content": start},
+    ]
+    [text] = lm(messages=messages, max_tokens=max_tokens)
+    return text
+
+
+def test_a_late_call_joins_the_requests_in_flight(vllm_reasoner):
+    """Continuous batching on vLLM: a call that arrives while another is generating joins it at
+    the next model step and can finish first; it does not wait for the running call to end."""
+    lm = local_lm(reasoner=vllm_reasoner, cache=False)
+    engine: LocalEngine = lm.engine
+    finished: list[str] = []
+
+    def count(start: str, max_tokens: int) -> str:
+        text = _counting(lm, start, max_tokens)
+        finished.append(start)
+        return text
+
+    with ThreadPoolExecutor(2) as pool:
+        long = pool.submit(count, "1, 2, 3,", 96)
+        deadline = time.monotonic() + 120
+        while len(engine.batch_sizes) < 3:  # until the long call is generating
+            assert not long.done(), "the long call ended before the short one was sent"
+            assert time.monotonic() < deadline, "the long call never reached the model"
+            time.sleep(0.01)
+        short = pool.submit(count, "10, 11, 12,", 4)
+        assert short.result(timeout=120) and long.result(timeout=600)
+    assert finished == ["10, 11, 12,", "1, 2, 3,"]
+    assert max(engine.batch_sizes) == 2, engine.batch_sizes
+    # the late call's answer is the model's own: as the same prompt alone gives it
+    assert short.result() == _counting(lm, "10, 11, 12,", 4)
+
+
+def test_continuous_batching_only_where_the_reasoner_can(tiny_model):
+    reasoner = HFReasoner(tiny_model)
+    assert LocalEngine(reasoner).continuous is False  # transformers: gathered batches
+    with pytest.raises(GreaterError, match="continuously"):
+        LocalEngine(reasoner, continuous=True)
+
+
+def test_a_refused_prompt_fails_only_its_caller(vllm_reasoner):
+    """A prompt too long for the context fails its own call with the reason; the calls in
+    flight beside it answer."""
+    lm = local_lm(reasoner=vllm_reasoner, cache=False)
+    too_long = [{"role": "user", "content": "word " * vllm_reasoner.max_model_len}]
+    fine = [{"role": "user", "content": "What is 2 plus 2?"}]
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(lm, messages=m, max_tokens=8) for m in (fine, too_long, fine)]
+        errors = [future.exception(timeout=120) for future in futures]
+    assert errors[0] is None and errors[2] is None
+    assert "context length" in str(errors[1]), errors
 
 
 def test_hf_fallback_is_chosen_by_name(tiny_model):

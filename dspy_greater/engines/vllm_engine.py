@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
@@ -252,6 +253,51 @@ class VLLMReasoner(TemplateChat):
         With ``json_schema`` the completions are constrained to JSON that the schema accepts
         (vLLM's structured outputs), e.g. ``{"enum": ["True", "False"]}``.
         """
+        params = self._params(prompts, max_new_tokens, stop, json_schema, temperature)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=self.progress
+        )
+        return [self._completion(output) for output in outputs]
+
+    # -- continuous batching: prompts join the requests in flight at the next model step --------
+    def submit(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        json_schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> str:
+        """Add one prompt to the running engine (options as in :meth:`generate`); it joins the
+        requests in flight at the next :meth:`step`, which returns its completion. Returns its
+        request id. Not thread-safe, like ``vllm.LLM``: one thread submits and steps."""
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._params([prompt], max_new_tokens, stop, json_schema, temperature)
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when done
+        request_id = f"dspy-greater-{uuid.uuid4().hex}"
+        self.llm.llm_engine.add_request(request_id, tokens_input(list(prompt)), params)
+        return request_id
+
+    def step(self) -> list[tuple[str, Completion]]:
+        """One model step over the submitted requests: (request id, completion) of each that
+        finished in it; nothing when none is in flight."""
+        engine = self.llm.llm_engine
+        if not engine.has_unfinished_requests():  # a step would wait for output that never comes
+            return []
+        return [(out.request_id, self._completion(out)) for out in engine.step() if out.finished]
+
+    def _params(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop: Sequence[str],
+        json_schema: dict[str, Any] | None,
+        temperature: float,
+    ) -> Any:
+        """vLLM's sampling parameters, after checking that every prompt fits the context."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         for index, prompt in enumerate(prompts):
@@ -266,28 +312,23 @@ class VLLMReasoner(TemplateChat):
             from vllm.sampling_params import StructuredOutputsParams
 
             structured = StructuredOutputsParams(json=json_schema)
-        params = self._sampling(
+        return self._sampling(
             temperature=temperature,
             max_tokens=max_new_tokens,
             stop=list(stop) or None,
             structured_outputs=structured,
         )
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=self.progress
-        )
-        self.generated_sequences += len(prompts)
-        completions = []
-        for output in outputs:
-            out = output.outputs[0]
-            ids = list(out.token_ids)
-            if ids and ids[-1] in self._eos:  # same convention as HF: no end-of-sequence token
-                ids.pop()
-            reason = "length" if out.finish_reason == "length" else "stop"
-            completions.append(
-                Completion(text=out.text, token_ids=tuple(ids), finish_reason=reason)
-            )
-        self.truncated_sequences += sum(c.finish_reason == "length" for c in completions)
-        return completions
+
+    def _completion(self, output: Any) -> Completion:
+        """One finished vLLM request as a Completion (counted)."""
+        out = output.outputs[0]
+        ids = list(out.token_ids)
+        if ids and ids[-1] in self._eos:  # same convention as HF: no end-of-sequence token
+            ids.pop()
+        reason = "length" if out.finish_reason == "length" else "stop"
+        self.generated_sequences += 1
+        self.truncated_sequences += reason == "length"
+        return Completion(text=out.text, token_ids=tuple(ids), finish_reason=reason)
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
         params = self._sampling(temperature=0.0, max_tokens=1, prompt_logprobs=0)
