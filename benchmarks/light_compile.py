@@ -72,7 +72,9 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     )
     compile_seconds = time.perf_counter() - clock
     generations = generation_counts(reasoner)[0] - generated
-    batches = list(lm.engine.batch_sizes)  # the DSPy calls' batches (the search's own are not here)
+    # the DSPy calls' batches, or requests in flight per model step when continuous (the search's
+    # own generations are not here)
+    batches = list(lm.engine.batch_sizes)
     queries, hits = reasoner.prefix_cache_counts() or (0, 0)
     queries, hits = queries - looked_up, hits - found
     compile_peak = memory.peak / 2**30
@@ -96,6 +98,7 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "compile_seconds": compile_seconds,
         "compile_generations": generations,
         "compile_prompt_tokens": queries,
+        "dspy_batching": "continuous" if lm.engine.continuous else "gathered",
         "dspy_batches": len(batches),
         "dspy_mean_batch": sum(batches) / len(batches) if batches else None,
         "prefix_cache_hit_rate": hits / queries if queries else None,
