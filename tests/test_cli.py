@@ -156,10 +156,15 @@ def test_a_run_folder_from_another_run_is_refused(tmp_path, capsys, restore_dspy
 
 # The command as the installed script runs it, with a Ctrl-C (a real SIGINT to the process) sent
 # from GReaTer's on_step right after the first step was checkpointed: a known point, however fast
-# the run is (a signal sent from outside raced a warm cache, and lost).
+# the run is (a signal sent from outside raced a warm cache, and lost). The script first takes
+# SIGINT back as a foreground command has it: a shell without job control starts a background
+# job (`make test &`, nohup) with SIGINT ignored, its children inherit that, and Python then
+# leaves it ignored, so the run would go on to the end (this test failed so, in such a CI run).
 INTERRUPTED_AFTER_FIRST_STEP = """
 import os, signal, sys
 from dspy_greater import cli, teleprompter
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class GReaTer(teleprompter.GReaTer):
     def __init__(self, *args, **kwargs):
