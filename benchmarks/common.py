@@ -88,3 +88,16 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         return self.peak / 2**30
+
+
+def without_variants(argv: list[str]) -> list[str]:
+    """The command line without ``--variants VALUE`` (the child gets ``--child`` instead)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--variants":
+            skip = True
+        elif not a.startswith("--variants="):
+            kept.append(a)
+    return kept

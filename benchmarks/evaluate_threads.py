@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_bbh, report, run_child
+from common import load_bbh, report, run_child, without_variants
 
 VARIANTS = {"gathered": False, "continuous": True}
 
@@ -32,7 +32,7 @@ def one_run(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     import dspy_greater
     from dspy_greater import ForcedExtractionAdapter
     from dspy_greater.engines.vllm_engine import VLLMReasoner
-    from dspy_greater.lm import AsyncLocalEngine, LocalEngine
+    from dspy_greater.lm import local_lm
     from dspy_greater.models import EMBEDDED_MODELS
 
     logging.getLogger("dspy").setLevel(logging.ERROR)
@@ -41,14 +41,8 @@ def one_run(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     reasoner = VLLMReasoner(
         dspy_greater.embedded_model(args.model), dtype=EMBEDDED_MODELS[args.model].dtype
     )
-    engine = LocalEngine(reasoner, continuous=VARIANTS[variant])
-    lm = dspy.LM(
-        f"local/{variant}",
-        engine=engine,
-        async_engine=AsyncLocalEngine(engine),
-        temperature=0.0,
-        max_tokens=args.max_tokens,
-        cache=False,
+    lm = local_lm(
+        reasoner=reasoner, max_tokens=args.max_tokens, continuous=VARIANTS[variant], cache=False
     )
     program = dspy_greater.bbh_program(examples, dspy_greater.PAPER_PROMPT)
     started = time.perf_counter()
@@ -108,8 +102,7 @@ def main() -> None:
             sys.exit(f"--variants: {variant!r} is not one of {', '.join(VARIANTS)}")
         if any(r["variant"] == variant and r["model"] == args.model for r in rows):
             continue
-        argv = [a for a in sys.argv[1:] if not a.startswith("--variants")]
-        rows.append(run_child(__file__, *argv, "--child", variant))
+        rows.append(run_child(__file__, *without_variants(sys.argv[1:]), "--child", variant))
         if out:
             out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     rows = [r for r in rows if r["model"] == args.model]

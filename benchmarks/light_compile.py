@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common import PeakMemory, load_bbh, report, run_child
+from common import PeakMemory, load_bbh, report, run_child, without_variants
 
 # name: GReaTer keyword arguments, and GreaterConfig overrides of the light budget
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -183,25 +183,12 @@ def main() -> None:
             if (r["model"], r["task"], r["test_n"]) == (args.model, args.task, args.test)
         ]
         start = ["--test-start", str(known[0])] if known else []
-        child = [*_without_variants(sys.argv[1:]), *start, "--child", variant]
+        child = [*without_variants(sys.argv[1:]), *start, "--child", variant]
         rows.append(run_child(__file__, *child))
         if out:
             out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(f"A light compile ({args.steps} steps), {args.model} on {args.task}, CPU\n")
     print(table([r for r in rows if r["task"] == args.task]))
-
-
-def _without_variants(argv: list[str]) -> list[str]:
-    """The command line without ``--variants VALUE`` (the child gets ``--child`` instead)."""
-    kept, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--variants":
-            skip = True
-        elif not a.startswith("--variants="):
-            kept.append(a)
-    return kept
 
 
 if __name__ == "__main__":  # vLLM starts worker processes with spawn: keep this guard

@@ -315,12 +315,13 @@ def local_lm(
     dtype: str | None = None,
     reasoner: Reasoner | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    continuous: bool | None = None,
     **lm_kwargs: Any,
 ) -> dspy.LM:
     """A ``dspy.LM`` on a local model, for ``dspy.configure(lm=...)`` and :class:`GReaTer`.
 
     Everything DSPy does with an LM works on it (history, usage, caching, threads); concurrent
-    calls reach the model as one batch. Its model string names the weights (folder, files, dtype),
+    calls reach the model together. Its model string names the weights (folder, files, dtype),
     so DSPy's cache never serves one model's answers to another.
 
     Args:
@@ -334,6 +335,9 @@ def local_lm(
             model's registered dtype, and float32 for a folder.
         reasoner: An engine already built (``model`` and ``backend`` are then ignored).
         max_tokens: The default budget of new tokens per call.
+        continuous: Batch continuously (a call joins the requests in flight at the model's next
+            step); None where the reasoner can (vLLM), False for batches of the calls that
+            arrive within a few milliseconds (see :class:`LocalEngine`).
         **lm_kwargs: Passed to ``dspy.LM`` (``cache=False``, ``num_retries``, ...).
 
     Returns:
@@ -345,7 +349,7 @@ def local_lm(
         reasoner = make_reasoner(
             resolve_model(model), backend=backend, dtype=dtype or registered_dtype(model)
         )
-    engine = LocalEngine(reasoner)
+    engine = LocalEngine(reasoner, continuous=continuous)
     # DSPy's cache key holds the model string: it names the weights, not just the folder's name.
     return dspy.LM(
         f"local/{type(reasoner).__name__}/{model_identity(reasoner)}",
