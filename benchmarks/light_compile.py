@@ -6,6 +6,9 @@ Each variant runs in its own process (its peak memory, vLLM's engine included, i
 same seeded splits: a BBH task's first ``--train`` / ``--dev`` examples after shuffling, and the
 first ``--test`` of the rest. ``before`` is the procedure as it was when issue 19 was opened
 (every step validated, the best 10 prompts validated at the end); ``after`` the defaults now.
+``after`` was measured before the DSPy calls were batched continuously (its row says
+``"dspy_batching": "gathered"``); ``continuous`` is the same variant measured since, and ``kv1``
+the same with vLLM's KV cache at 1 GiB instead of 2 (the memory goal). Each row names its commit.
 A variant whose row is in ``--out`` is skipped, so an interrupted run resumes there; its run
 folder is kept under ``--run-root`` (a GReaTer run resumes from it).
 
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -25,10 +30,12 @@ from typing import Any
 
 from common import PeakMemory, load_bbh, report, run_child, without_variants
 
-# name: GReaTer keyword arguments, and GreaterConfig overrides of the light budget
-VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "before": ({"validate_every_step": True}, {"keep_top": 10}),
-    "after": ({}, {}),
+# name: GReaTer keyword arguments, GreaterConfig overrides of the light budget, environment
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, str]]] = {
+    "before": ({"validate_every_step": True}, {"keep_top": 10}, {}),
+    "after": ({}, {}, {}),
+    "continuous": ({}, {}, {}),
+    "kv1": ({}, {}, {"VLLM_CPU_KVCACHE_SPACE": "1"}),
 }
 PHASES = ("reason", "propose", "gradient", "select_generation", "select")
 
@@ -43,6 +50,8 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     from dspy_greater.logs import generation_counts
     from dspy_greater.models import EMBEDDED_MODELS
 
+    options, overrides, environment = VARIANTS[variant]
+    os.environ.update(environment)  # before the engine starts: its workers read it
     memory = PeakMemory()
     started = time.perf_counter()
     examples = load_bbh(args.task)
@@ -56,7 +65,6 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     lm = local_lm(reasoner=reasoner, max_tokens=args.max_tokens, cache=False)
     dspy.configure(lm=lm, adapter=ForcedExtractionAdapter())
     program = dspy_greater.bbh_program(examples, dspy_greater.PAPER_PROMPT)
-    options, overrides = VARIANTS[variant]
     config = replace(GreaterConfig.budget("light", seed=args.seed), steps=args.steps, **overrides)
     optimizer = GReaTer(metric=dspy_greater.bbh_metric, config=config, progress=False, **options)
     engine_seconds = time.perf_counter() - started
@@ -88,6 +96,8 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         result = dspy_greater.accuracy(compiled, test)
     return {
         "variant": variant,
+        "commit": _commit(),
+        "environment": environment,
         "model": args.model,
         "task": args.task,
         "train": len(splits.train),
@@ -116,6 +126,23 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "peak_gib": memory.stop(),
         "wall_seconds": time.perf_counter() - started,
     }
+
+
+def _commit() -> str | None:
+    """The checked-out commit (with "+" when the tree has changes), if this is a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
