@@ -83,7 +83,8 @@ class _SharedEngine:
         ids: list[str] = []
         done: dict[str, Any] = {}
         try:
-            ids = [self.add(prompt, params) for prompt in prompts]
+            for prompt in prompts:  # one by one: an interrupt here still aborts those added
+                ids.append(self.add(prompt, params))
             with tqdm(total=len(ids), desc="Generating", disable=not progress) as bar:
                 while len(done) < len(ids):
                     finished = self.collect([i for i in ids if i not in done])
