@@ -59,6 +59,10 @@ class LocalEngine:
     that ends with an assistant message is continued, not answered anew. A ``response_format``
     with a JSON schema constrains the completion (vLLM reasoners only). Copies share the engine:
     a deep-copied DSPy program must not copy model weights.
+
+    ``continuous`` (default: where the reasoner can, i.e. vLLM) batches continuously; otherwise
+    the calls arriving within ``gather_ms`` of each other form one batch of at most ``max_batch``
+    (vLLM's own ``max_num_seqs`` caps a continuous batch).
     """
 
     def __init__(
