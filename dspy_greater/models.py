@@ -158,12 +158,17 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
 
 def registered_dtype(model: str | os.PathLike[str] | None) -> str:
     """The dtype an embedded model runs in by default (None: the default model); float32 for a
-    folder. A model registered in bfloat16 runs in float32 on a CPU without fast bfloat16
-    (:func:`fast_bfloat16`): there bfloat16 is the slower of the two, by far."""
+    folder. The gradient model may compute in float32 instead (:func:`gradient_dtype_here`)."""
     entry = EMBEDDED_MODELS.get(DEFAULT_MODEL if model is None else os.fspath(model))
-    if entry is None:
-        return "float32"
-    return "float32" if entry.dtype == "bfloat16" and not fast_bfloat16() else entry.dtype
+    return entry.dtype if entry is not None else "float32"
+
+
+def gradient_dtype_here(dtype: str) -> str:
+    """The dtype a gradient model computes in when it would follow ``dtype``: float32 in place
+    of bfloat16 on a CPU without fast bfloat16 (:func:`fast_bfloat16`), where a backward pass in
+    bfloat16 is ~65× slower. vLLM keeps bfloat16 there: its memory (a float32 gradient model
+    beside it fits in 24 GB; both engines in float32 do not)."""
+    return "float32" if dtype == "bfloat16" and not fast_bfloat16() else dtype
 
 
 @functools.cache
@@ -180,8 +185,8 @@ def fast_bfloat16() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != "AVX512":
         logger.info(
-            "This CPU (%s) has no AVX-512: models registered in bfloat16 run in float32 here, "
-            "where bfloat16 is many times slower (dtype='bfloat16' or --dtype overrides it).",
+            "This CPU (%s) has no AVX-512: the gradient model computes in float32 where it "
+            "would follow bfloat16 (a backward pass in bfloat16 is many times slower here).",
             capability,
         )
     return capability == "AVX512"

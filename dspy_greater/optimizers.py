@@ -46,6 +46,7 @@ def _none(setup: Setup) -> tuple[Any, Any]:
 
 
 def _greater(setup: Setup) -> tuple[Any, Any]:
+    from .models import gradient_dtype_here
     from .teleprompter import GReaTer
 
     settings = setup.settings
@@ -54,7 +55,7 @@ def _greater(setup: Setup) -> tuple[Any, Any]:
         auto=settings["budget"],
         steps=settings["steps"],
         seed=settings["seed"],
-        dtype=settings["dtype"],
+        dtype=gradient_dtype_here(settings["dtype"]),  # float32 where bfloat16 is slow
         device=settings["device"],
         num_threads=setup.threads,
     )

@@ -322,22 +322,33 @@ def test_the_registry_and_model_names():
     with pytest.raises(ValueError, match="registered ones"):
         models.embedded_model("no-such-model")
     assert models.resolve_model("/some/folder") == Path("/some/folder")
-    expected = "bfloat16" if models.fast_bfloat16() else "float32"
-    assert models.registered_dtype("qwen2.5-coder-1.5b") == expected
+    assert models.registered_dtype("qwen2.5-coder-1.5b") == "bfloat16"
     assert models.registered_dtype(None) == models.registered_dtype("smollm2-135m") == "float32"
     assert models.registered_dtype("/some/folder") == "float32"
 
 
-def test_bfloat16_only_where_the_machine_computes_it_fast(monkeypatch):
-    """A model registered in bfloat16 runs in float32 on a CPU without AVX-512 (bfloat16 is many
-    times slower there); float32 models never change."""
+def test_the_gradient_model_leaves_bfloat16_where_it_is_slow(monkeypatch):
+    """On a CPU without AVX-512 the gradient model computes in float32 where it would follow
+    bfloat16 (a backward pass in bfloat16 is many times slower there); a dtype asked for by name,
+    and float32, never change."""
     import torch
 
-    models.fast_bfloat16.cache_clear()
+    from dspy_greater.bridge import gradient_dtype
+
+    class Engine:
+        dtype = "bfloat16"
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for capability, qwen in (("AVX2", "float32"), ("AVX512", "bfloat16"), ("DEFAULT", "float32")):
+    for capability, follows in (
+        ("AVX2", "float32"),
+        ("AVX512", "bfloat16"),
+        ("DEFAULT", "float32"),
+    ):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
         models.fast_bfloat16.cache_clear()
-        assert models.registered_dtype("qwen2.5-coder-1.5b") == qwen, capability
-        assert models.registered_dtype("smollm2-135m") == "float32"
+        assert models.gradient_dtype_here("bfloat16") == follows, capability
+        assert models.gradient_dtype_here("float32") == "float32"
+        assert gradient_dtype(None, Engine(), None) == follows  # follows the task engine
+        assert gradient_dtype(None, object(), "qwen2.5-coder-1.5b") == follows  # the registry
+        assert gradient_dtype("bfloat16", Engine(), None) == "bfloat16"  # asked for
     models.fast_bfloat16.cache_clear()  # the real answer for the tests after this one

@@ -1,6 +1,6 @@
 """The second embedded model, Qwen2.5-Coder-1.5B-Instruct, end to end on its real weights.
 
-One module, both engines loaded once (in its default dtype: bfloat16, float32 without AVX-512):
+One module, both engines loaded once (bfloat16; the gradient model float32 without AVX-512):
 they agree on the weights, it generates, DSPy gets a constrained answer from it through the
 forced-extraction adapter, and a gradient is taken at a slot position; the CLI optimizes (one
 GReaTer step) and evaluates on it.
@@ -14,22 +14,21 @@ import math
 import pytest
 
 import dspy_greater
-from dspy_greater.models import QWEN_CODER, registered_dtype
+from dspy_greater.models import QWEN_CODER, gradient_dtype_here
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
 def qwen_engines():
-    """Qwen's vLLM reasoner and transformers gradient model, in its default dtype."""
+    """Qwen's vLLM reasoner and transformers gradient model, in their default dtypes."""
     from dspy_greater.engines.hf import shared_gradient_model
     from dspy_greater.engines.vllm_engine import VLLMReasoner
 
     folder = dspy_greater.embedded_model(QWEN_CODER.name)
-    dtype = registered_dtype(QWEN_CODER.name)
-    reasoner = VLLMReasoner(folder, dtype=dtype)  # as local_lm builds it: shared
+    reasoner = VLLMReasoner(folder, dtype=QWEN_CODER.dtype)  # as local_lm builds it: shared
     # As GReaTer gets it: the CLI test below reuses it rather than load the weights twice.
-    gradient_model = shared_gradient_model(folder, dtype=dtype)
+    gradient_model = shared_gradient_model(folder, dtype=gradient_dtype_here(QWEN_CODER.dtype))
     yield reasoner, gradient_model
     reasoner.close()
 
@@ -83,7 +82,7 @@ def test_qwen_engines_agree_generate_answer_and_give_a_gradient(qwen_engines, re
 
 
 def test_the_cli_optimizes_and_evaluates_on_qwen(qwen_engines, tmp_path, capsys):
-    """`optimize --model qwen2.5-coder-1.5b` (one GReaTer step, in its default dtype) and
+    """`optimize --model qwen2.5-coder-1.5b` (one GReaTer step, bfloat16 by default) and
     `evaluate --model qwen2.5-coder-1.5b`, in this process: they reuse the fixture's engine."""
     import dspy
 
@@ -98,8 +97,7 @@ def test_the_cli_optimizes_and_evaluates_on_qwen(qwen_engines, tmp_path, capsys)
             + ["--run-dir", str(run), "--no-cache"]
         )
         assert code == 0, capsys.readouterr().err[-3000:]
-        dtype = json.loads((run / "cli.json").read_text())["dtype"]
-        assert dtype == registered_dtype(QWEN_CODER.name)
+        assert json.loads((run / "cli.json").read_text())["dtype"] == "bfloat16"
         result = json.loads((run / "result.json").read_text())
         assert result["generations"] > 0
         code = cli.main(["evaluate", "--program", str(run), *small, "--split", "test"])

@@ -1,0 +1,160 @@
+"""bfloat16 against float32 on this machine, for both engines: is bfloat16 the faster here?
+
+Each cell runs in its own process, with a time limit (a cell past it is reported as not finished):
+- *gradient pass*: the transformers model, a forward and a backward pass over ``--tokens`` random
+  token ids, the gradient taken on the input embeddings, the loss on the last 20 tokens (as the
+  search takes it); and a no-grad forward over the same ids;
+- *generation*: vLLM, ``--prompts`` chat prompts × ``--new-tokens`` tokens in one call, greedy.
+
+Prints the CPU's capability as torch sees it (``AVX512``, ``AVX2``, ...) and what
+``models.fast_bfloat16()`` chooses from it.
+
+    python benchmarks/dtype_speed.py [--model qwen2.5-coder-1.5b] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import MARK, PeakMemory, report
+
+DTYPES = ("float32", "bfloat16")
+CELLS = ("gradient", "generation")
+
+
+def gradient_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import dspy_greater
+
+    memory = PeakMemory()
+    model = AutoModelForCausalLM.from_pretrained(
+        dspy_greater.embedded_model(args.model), dtype=getattr(torch, dtype)
+    )
+    ids = torch.randint(100, 10_000, (1, args.tokens), generator=torch.Generator().manual_seed(0))
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    clock = time.perf_counter()
+    with torch.no_grad():
+        model(input_ids=ids)
+    forward = time.perf_counter() - clock
+    clock = time.perf_counter()
+    logits = model(inputs_embeds=embeds).logits[0, -21:-1].float()
+    torch.autograd.grad(torch.nn.functional.cross_entropy(logits, ids[0, -20:]), embeds)
+    seconds = time.perf_counter() - clock
+    return {
+        "forward_seconds": forward,
+        "forward_backward_seconds": seconds,
+        "peak_gib": memory.stop(),
+    }
+
+
+def generation_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
+    import dspy_greater
+    from dspy_greater.engines.vllm_engine import VLLMReasoner
+
+    memory = PeakMemory()
+    reasoner = VLLMReasoner(dspy_greater.embedded_model(args.model), dtype=dtype)
+    chats = [
+        [{"role": "user", "content": f"Explain step by step why {i} + {i} = {2 * i}."}]
+        for i in range(args.prompts)
+    ]
+    clock = time.perf_counter()
+    completions = reasoner.chat(chats, max_new_tokens=args.new_tokens)
+    seconds = time.perf_counter() - clock
+    tokens = sum(len(c.token_ids) for c in completions)
+    peak = memory.stop()  # vLLM's processes included
+    reasoner.close()
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_second": tokens / seconds,
+        "peak_gib": peak,
+    }
+
+
+def one_cell(args: argparse.Namespace, cell: str, dtype: str) -> dict[str, Any]:
+    """In the parent: the cell in a new process, or a row saying it passed the time limit."""
+    command = [sys.executable, __file__, *sys.argv[1:], "--child", f"{cell}:{dtype}"]
+    row: dict[str, Any] = {"cell": cell, "dtype": dtype, "limit_seconds": args.limit}
+    try:
+        out = subprocess.run(
+            command, check=True, stdout=subprocess.PIPE, text=True, timeout=args.limit
+        ).stdout
+    except subprocess.TimeoutExpired:
+        subprocess.run(["pkill", "-9", "-f", "VLLM::"], check=False)  # the engine's orphans
+        return {**row, "finished": False}
+    reported = next(line[len(MARK) :] for line in out.splitlines() if line.startswith(MARK))
+    return {**row, "finished": True, **json.loads(reported)}
+
+
+def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    def cell(cell: str, dtype: str, show: Any) -> str:
+        row = next((r for r in rows if (r["cell"], r["dtype"]) == (cell, dtype)), None)
+        if row is None:
+            return "not run"
+        return show(row) if row["finished"] else f"not finished in {row['limit_seconds']} s"
+
+    lines = [
+        f"| dtype | no-grad forward ({args.tokens} tokens) | forward + backward | "
+        f"peak memory | vLLM, {args.prompts} × {args.new_tokens} tokens | peak memory |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for dtype in DTYPES:
+        forward = cell("gradient", dtype, lambda r: f"{r['forward_seconds']:.1f} s")
+        backward = cell("gradient", dtype, lambda r: f"{r['forward_backward_seconds']:.1f} s")
+        generation = cell("generation", dtype, lambda r: f"{r['tokens_per_second']:.1f} tok/s")
+        peaks = [cell(c, dtype, lambda r: f"{r['peak_gib']:.1f} GiB") for c in CELLS]
+        lines.append(
+            f"| {dtype} | {forward} | {backward} | {peaks[0]} | {generation} | {peaks[1]} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="qwen2.5-coder-1.5b", help="an embedded model's name")
+    parser.add_argument("--tokens", type=int, default=50, help="gradient pass length")
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--limit", type=int, default=420, help="seconds per cell")
+    parser.add_argument("--out", default=None, help="JSON rows, kept as each cell finishes")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        cell, dtype = args.child.split(":")
+        report((gradient_cell if cell == "gradient" else generation_cell)(args, dtype))
+        return
+    import torch
+
+    from dspy_greater.models import fast_bfloat16
+
+    out = Path(args.out) if args.out else None
+    rows: list[dict[str, Any]] = json.loads(out.read_text())["rows"] if out and out.exists() else []
+    for cell in CELLS:
+        for dtype in DTYPES:
+            if not any((r["cell"], r["dtype"]) == (cell, dtype) for r in rows):
+                rows.append(one_cell(args, cell, dtype))
+                if out:
+                    machine = {
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        "fast_bfloat16": fast_bfloat16(),
+                    }
+                    out.write_text(
+                        json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=1)
+                    )
+    print(
+        f"{args.model} on this CPU ({torch.backends.cpu.get_cpu_capability()}); "
+        f"fast_bfloat16() = {fast_bfloat16()}\n"
+    )
+    print(table(rows, args))
+
+
+if __name__ == "__main__":  # vLLM starts worker processes with spawn: keep this guard
+    main()
