@@ -166,7 +166,7 @@ def registered_dtype(model: str | os.PathLike[str] | None) -> str:
 def gradient_dtype_here(dtype: str) -> str:
     """The dtype a gradient model computes in when it would follow ``dtype``: float32 in place
     of bfloat16 on a CPU without fast bfloat16 (:func:`fast_bfloat16`), where a backward pass in
-    bfloat16 is ~65× slower. vLLM keeps bfloat16 there: its memory (a float32 gradient model
+    bfloat16 is ~45× slower. vLLM keeps bfloat16 there: its memory (a float32 gradient model
     beside it fits in 24 GB; both engines in float32 do not)."""
     return "float32" if dtype == "bfloat16" and not fast_bfloat16() else dtype
 
@@ -176,8 +176,9 @@ def fast_bfloat16() -> bool:
     """Whether the engines compute in bfloat16 faster than in float32 here: on a GPU, or on an
     x86 CPU with AVX-512. Measured on Qwen2.5-Coder-1.5B, 2 cores: with AVX-512, bfloat16 is
     ~2.5× faster than float32 for a gradient pass and 1.7× for vLLM's batched generation; with
-    AVX2 only, a gradient pass over 50 tokens takes 256 s in bfloat16 against 3.9 s in float32,
-    and vLLM generates 24 sequences at 25 tokens/s in float32 against under 10 in bfloat16."""
+    AVX2 only, a gradient pass over 50 tokens takes 265 s in bfloat16 against 5.9 s in float32,
+    and vLLM generates 24 sequences at 19 tokens/s in float32 against under 4.2 in bfloat16
+    (``benchmarks/dtype_speed.py``)."""
     import torch
 
     if torch.cuda.is_available():
