@@ -15,6 +15,12 @@ _CACHE = tempfile.mkdtemp(prefix="dspy-greater-tests-cache-")
 os.environ["DSPY_CACHEDIR"] = _CACHE
 
 
+# vLLM's KV cache for every engine of the session and its subprocesses: 1 GiB holds the tests'
+# short prompts, and what it spares lets Qwen's float32 gradient model (a CPU without AVX-512)
+# load beside the session's SmolLM2 engine and Qwen's own. A user's setting is kept.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_CACHE, ignore_errors=True)
 
