@@ -8,8 +8,11 @@ GReaTer step) and evaluates on it.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import math
+import sys
 
 import pytest
 
@@ -29,8 +32,15 @@ def qwen_engines():
     reasoner = VLLMReasoner(folder, dtype=QWEN_CODER.dtype)  # as local_lm builds it: shared
     # As GReaTer gets it: the CLI test below reuses it rather than load the weights twice.
     gradient_model = shared_gradient_model(folder, dtype=gradient_dtype_here(QWEN_CODER.dtype))
-    yield reasoner, gradient_model
+    engines = [reasoner, gradient_model]
+    del gradient_model
+    yield engines  # a list, emptied below: pytest holds what a fixture yields until after this
     reasoner.close()
+    # Give the weights back to the rest of the session (the shared cache holds them weakly).
+    engines.clear()
+    gc.collect()
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def test_qwen_engines_agree_generate_answer_and_give_a_gradient(qwen_engines, record_property):
