@@ -4,18 +4,23 @@ Each cell runs in its own process, with a time limit (a cell past it is reported
 - *gradient pass*: the transformers model, a forward and a backward pass over ``--tokens`` random
   token ids, the gradient taken on the input embeddings, the loss on the last 20 tokens (as the
   search takes it); and a no-grad forward over the same ids;
-- *generation*: vLLM, ``--prompts`` chat prompts × ``--new-tokens`` tokens in one call, greedy.
+- *generation*: vLLM, ``--prompts`` chat prompts × ``--new-tokens`` tokens in one call, greedy;
+- *pair* (float32 only): both in one process, as GReaTer holds them: the vLLM engine generates,
+  then the gradient model loads beside it (through the library's memory check) and runs the
+  gradient pass. Does float32 for both fit here? Run it with ``VLLM_CPU_KVCACHE_SPACE`` set to
+  try a smaller KV cache (the row records it).
 
 Prints the CPU's capability as torch sees it (``AVX512``, ``AVX2``, ...) and what
 ``models.fast_bfloat16()`` chooses from it.
 
-    python benchmarks/dtype_speed.py [--model qwen2.5-coder-1.5b] [--out FILE]
+    python benchmarks/dtype_speed.py [--model qwen2.5-coder-1.5b] [--cells pair] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,6 +31,23 @@ from common import MARK, PeakMemory, report
 
 DTYPES = ("float32", "bfloat16")
 CELLS = ("gradient", "generation")
+PAIR_DTYPES = ("float32",)
+
+
+def gradient_pass(model: Any, tokens: int) -> dict[str, float]:
+    """A no-grad forward, then a forward and backward to the input embeddings, over ``tokens``."""
+    import torch
+
+    ids = torch.randint(100, 10_000, (1, tokens), generator=torch.Generator().manual_seed(0))
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    clock = time.perf_counter()
+    with torch.no_grad():
+        model(input_ids=ids)
+    forward = time.perf_counter() - clock
+    clock = time.perf_counter()
+    logits = model(inputs_embeds=embeds).logits[0, -21:-1].float()
+    torch.autograd.grad(torch.nn.functional.cross_entropy(logits, ids[0, -20:]), embeds)
+    return {"forward_seconds": forward, "forward_backward_seconds": time.perf_counter() - clock}
 
 
 def gradient_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
@@ -38,29 +60,10 @@ def gradient_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(
         dspy_greater.embedded_model(args.model), dtype=getattr(torch, dtype)
     )
-    ids = torch.randint(100, 10_000, (1, args.tokens), generator=torch.Generator().manual_seed(0))
-    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-    clock = time.perf_counter()
-    with torch.no_grad():
-        model(input_ids=ids)
-    forward = time.perf_counter() - clock
-    clock = time.perf_counter()
-    logits = model(inputs_embeds=embeds).logits[0, -21:-1].float()
-    torch.autograd.grad(torch.nn.functional.cross_entropy(logits, ids[0, -20:]), embeds)
-    seconds = time.perf_counter() - clock
-    return {
-        "forward_seconds": forward,
-        "forward_backward_seconds": seconds,
-        "peak_gib": memory.stop(),
-    }
+    return {**gradient_pass(model, args.tokens), "peak_gib": memory.stop()}
 
 
-def generation_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
-    import dspy_greater
-    from dspy_greater.engines.vllm_engine import VLLMReasoner
-
-    memory = PeakMemory()
-    reasoner = VLLMReasoner(dspy_greater.embedded_model(args.model), dtype=dtype)
+def generate(args: argparse.Namespace, reasoner: Any) -> dict[str, float]:
     chats = [
         [{"role": "user", "content": f"Explain step by step why {i} + {i} = {2 * i}."}]
         for i in range(args.prompts)
@@ -69,12 +72,41 @@ def generation_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
     completions = reasoner.chat(chats, max_new_tokens=args.new_tokens)
     seconds = time.perf_counter() - clock
     tokens = sum(len(c.token_ids) for c in completions)
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds}
+
+
+def generation_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
+    import dspy_greater
+    from dspy_greater.engines.vllm_engine import VLLMReasoner
+
+    memory = PeakMemory()
+    reasoner = VLLMReasoner(dspy_greater.embedded_model(args.model), dtype=dtype)
+    generated = generate(args, reasoner)
     peak = memory.stop()  # vLLM's processes included
     reasoner.close()
+    return {**generated, "peak_gib": peak}
+
+
+def pair_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
+    import psutil
+
+    import dspy_greater
+    from dspy_greater.engines.hf import shared_gradient_model
+    from dspy_greater.engines.vllm_engine import VLLMReasoner
+
+    folder = dspy_greater.embedded_model(args.model)
+    memory = PeakMemory()
+    reasoner = VLLMReasoner(folder, dtype=dtype)
+    generated = generate(args, reasoner)
+    available = psutil.virtual_memory().available / 2**30  # what the gradient model is offered
+    gradient_model = shared_gradient_model(folder, dtype=dtype)  # NotEnoughMemory: no row
+    passed = gradient_pass(gradient_model.model, args.tokens)
+    peak = memory.stop()
+    reasoner.close()
     return {
-        "seconds": seconds,
-        "tokens": tokens,
-        "tokens_per_second": tokens / seconds,
+        **generated,
+        **passed,
+        "available_gib_before_gradient_model": available,
         "peak_gib": peak,
     }
 
@@ -83,13 +115,18 @@ def one_cell(args: argparse.Namespace, cell: str, dtype: str) -> dict[str, Any]:
     """In the parent: the cell in a new process, or a row saying it passed the time limit."""
     command = [sys.executable, __file__, *sys.argv[1:], "--child", f"{cell}:{dtype}"]
     row: dict[str, Any] = {"cell": cell, "dtype": dtype, "limit_seconds": args.limit}
+    row["kv_cache_gib"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "vLLM's default")
     try:
         out = subprocess.run(
-            command, check=True, stdout=subprocess.PIPE, text=True, timeout=args.limit
+            command, check=True, capture_output=True, text=True, timeout=args.limit
         ).stdout
     except subprocess.TimeoutExpired:
         subprocess.run(["pkill", "-9", "-f", "VLLM::"], check=False)  # the engine's orphans
         return {**row, "finished": False}
+    except subprocess.CalledProcessError as failed:  # e.g. NotEnoughMemory: the reason is the row
+        subprocess.run(["pkill", "-9", "-f", "VLLM::"], check=False)
+        error = failed.stderr.strip().splitlines()[-1] if failed.stderr.strip() else "no output"
+        return {**row, "finished": False, "error": error}
     reported = next(line[len(MARK) :] for line in out.splitlines() if line.startswith(MARK))
     return {**row, "finished": True, **json.loads(reported)}
 
@@ -99,7 +136,9 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         row = next((r for r in rows if (r["cell"], r["dtype"]) == (cell, dtype)), None)
         if row is None:
             return "not run"
-        return show(row) if row["finished"] else f"not finished in {row['limit_seconds']} s"
+        if row["finished"]:
+            return show(row)
+        return row.get("error") or f"not finished in {row['limit_seconds']} s"
 
     lines = [
         f"| dtype | no-grad forward ({args.tokens} tokens) | forward + backward | "
@@ -114,6 +153,24 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append(
             f"| {dtype} | {forward} | {backward} | {peaks[0]} | {generation} | {peaks[1]} |"
         )
+    for dtype in PAIR_DTYPES:
+        row = next((r for r in rows if (r["cell"], r["dtype"]) == ("pair", dtype)), None)
+        if row is None:
+            continue
+        lines += [
+            "",
+            f"Both engines in {dtype} in one process (KV cache: {row['kv_cache_gib']} GiB): "
+            + cell(
+                "pair",
+                dtype,
+                lambda r: (
+                    f"vLLM {r['tokens_per_second']:.1f} tok/s, "
+                    f"{r['available_gib_before_gradient_model']:.1f} GiB free for the gradient "
+                    f"model, forward + backward {r['forward_backward_seconds']:.1f} s, "
+                    f"peak {r['peak_gib']:.1f} GiB"
+                ),
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -123,13 +180,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=50, help="gradient pass length")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--cells", default="gradient,generation,pair", help="which cells to run (comma-separated)"
+    )
     parser.add_argument("--limit", type=int, default=420, help="seconds per cell")
     parser.add_argument("--out", default=None, help="JSON rows, kept as each cell finishes")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         cell, dtype = args.child.split(":")
-        report((gradient_cell if cell == "gradient" else generation_cell)(args, dtype))
+        cells = {"gradient": gradient_cell, "generation": generation_cell, "pair": pair_cell}
+        report(cells[cell](args, dtype))
         return
     import torch
 
@@ -137,18 +198,22 @@ def main() -> None:
 
     out = Path(args.out) if args.out else None
     rows: list[dict[str, Any]] = json.loads(out.read_text())["rows"] if out and out.exists() else []
-    for cell in CELLS:
-        for dtype in DTYPES:
-            if not any((r["cell"], r["dtype"]) == (cell, dtype) for r in rows):
-                rows.append(one_cell(args, cell, dtype))
-                if out:
-                    machine = {
-                        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                        "fast_bfloat16": fast_bfloat16(),
-                    }
-                    out.write_text(
-                        json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=1)
-                    )
+    cells = [(cell, dtype) for cell in CELLS for dtype in DTYPES]
+    cells += [("pair", dtype) for dtype in PAIR_DTYPES]
+    machine = {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "fast_bfloat16": fast_bfloat16(),
+    }
+    for cell, dtype in cells:
+        if cell not in args.cells.split(",") or any(
+            (r["cell"], r["dtype"]) == (cell, dtype) for r in rows
+        ):
+            continue
+        rows.append(one_cell(args, cell, dtype))
+        if out:
+            out.write_text(
+                json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=1)
+            )
     print(
         f"{args.model} on this CPU ({torch.backends.cpu.get_cpu_capability()}); "
         f"fast_bfloat16() = {fast_bfloat16()}\n"
