@@ -37,7 +37,7 @@ from .adapter import ForcedExtractionAdapter
 from .engines.base import GradientModel, Reasoner, RenderedExample
 from .errors import GreaterError
 from .lm import ServerReasoner, local_reasoner
-from .models import gradient_dtype_here, registered_dtype, resolve_model
+from .models import registered_dtype, resolve_model
 from .renderers import AdapterRenderer, reasoning_and_answer
 from .rundir import write_json_atomically
 from .search import Prompt, PromptScore
@@ -207,16 +207,14 @@ def gradient_dtype(
     dtype: str | None, reasoner: Any, gradient_model: str | os.PathLike[str] | None
 ) -> str:
     """``dtype``, else the task engine's (the gradient then sees the weights the engine runs),
-    else ``gradient_model``'s registered dtype, else float32; float32 in place of a bfloat16 that
-    this machine computes slowly (:func:`~dspy_greater.models.gradient_dtype_here`)."""
+    else ``gradient_model``'s registered dtype, else float32. (A bfloat16 gradient model computes
+    in float32 where bfloat16 is slow: :class:`~dspy_greater.engines.hf.HFGradientModel`.)"""
     engine_dtype = getattr(reasoner, "dtype", None)
     if dtype is not None:
         return dtype
     if isinstance(engine_dtype, str) and engine_dtype in ("float32", "bfloat16", "float16"):
-        return gradient_dtype_here(engine_dtype)
-    return gradient_dtype_here(
-        registered_dtype(gradient_model) if gradient_model is not None else "float32"
-    )
+        return engine_dtype
+    return registered_dtype(gradient_model) if gradient_model is not None else "float32"
 
 
 def configured_adapter() -> ForcedExtractionAdapter:

@@ -54,7 +54,7 @@ class EmbeddedModel:
     dirname: str  # the cache folder; bump its suffix when the conversion recipe changes
     gguf: str  # the GGUF file's name
     sha256: str  # of the whole GGUF file
-    dtype: str  # of the converted weights, and the engines' default
+    dtype: str  # of the converted weights; the engines' default where it is fast (registered_dtype)
     licence: str
     install: str  # how to install the packages that carry it
     min_free_bytes: int  # disk the conversion needs
@@ -157,18 +157,13 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
 
 
 def registered_dtype(model: str | os.PathLike[str] | None) -> str:
-    """The dtype an embedded model runs in by default (None: the default model); float32 for a
-    folder. The gradient model may compute in float32 instead (:func:`gradient_dtype_here`)."""
+    """The dtype an embedded model runs in here by default (None: the default model): its
+    registered dtype, but float32 in place of bfloat16 where bfloat16 is slow
+    (:func:`fast_bfloat16`); float32 for a folder."""
     entry = EMBEDDED_MODELS.get(DEFAULT_MODEL if model is None else os.fspath(model))
-    return entry.dtype if entry is not None else "float32"
-
-
-def gradient_dtype_here(dtype: str) -> str:
-    """The dtype a gradient model computes in when it would follow ``dtype``: float32 in place
-    of bfloat16 on a CPU without fast bfloat16 (:func:`fast_bfloat16`), where a backward pass in
-    bfloat16 is ~45× slower. vLLM keeps bfloat16 there: its memory (a float32 gradient model
-    beside it fits in 24 GB; both engines in float32 do not)."""
-    return "float32" if dtype == "bfloat16" and not fast_bfloat16() else dtype
+    if entry is None:
+        return "float32"
+    return "float32" if entry.dtype == "bfloat16" and not fast_bfloat16() else entry.dtype
 
 
 @functools.cache
@@ -186,8 +181,8 @@ def fast_bfloat16() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != "AVX512":
         logger.info(
-            "This CPU (%s) has no AVX-512: the gradient model computes in float32 where it "
-            "would follow bfloat16 (a backward pass in bfloat16 is many times slower here).",
+            "This CPU (%s) has no AVX-512: bfloat16 models run in float32 here (a gradient "
+            "model keeps bfloat16 weights and computes in float32).",
             capability,
         )
     return capability == "AVX512"

@@ -46,7 +46,6 @@ def _none(setup: Setup) -> tuple[Any, Any]:
 
 
 def _greater(setup: Setup) -> tuple[Any, Any]:
-    from .models import gradient_dtype_here
     from .teleprompter import GReaTer
 
     settings = setup.settings
@@ -55,7 +54,7 @@ def _greater(setup: Setup) -> tuple[Any, Any]:
         auto=settings["budget"],
         steps=settings["steps"],
         seed=settings["seed"],
-        dtype=gradient_dtype_here(settings["dtype"]),  # float32 where bfloat16 is slow
+        dtype=settings["dtype"],
         device=settings["device"],
         num_threads=setup.threads,
     )

@@ -322,33 +322,21 @@ def test_the_registry_and_model_names():
     with pytest.raises(ValueError, match="registered ones"):
         models.embedded_model("no-such-model")
     assert models.resolve_model("/some/folder") == Path("/some/folder")
-    assert models.registered_dtype("qwen2.5-coder-1.5b") == "bfloat16"
+    assert models.QWEN_CODER.dtype == "bfloat16"  # where it runs in it: test_float32_compute.py
     assert models.registered_dtype(None) == models.registered_dtype("smollm2-135m") == "float32"
     assert models.registered_dtype("/some/folder") == "float32"
 
 
-def test_the_gradient_model_leaves_bfloat16_where_it_is_slow(monkeypatch):
-    """On a CPU without AVX-512 the gradient model computes in float32 where it would follow
-    bfloat16 (a backward pass in bfloat16 is many times slower there); a dtype asked for by name,
-    and float32, never change."""
-    import torch
-
+def test_the_gradient_model_follows_the_engine_unless_told():
+    """The gradient model's dtype: asked for by name, else the task engine's, else the registry's
+    (on a CPU without AVX-512 a bfloat16 one computes in float32: test_float32_compute.py)."""
     from dspy_greater.bridge import gradient_dtype
 
     class Engine:
         dtype = "bfloat16"
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for capability, follows in (
-        ("AVX2", "float32"),
-        ("AVX512", "bfloat16"),
-        ("DEFAULT", "float32"),
-    ):
-        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
-        models.fast_bfloat16.cache_clear()
-        assert models.gradient_dtype_here("bfloat16") == follows, capability
-        assert models.gradient_dtype_here("float32") == "float32"
-        assert gradient_dtype(None, Engine(), None) == follows  # follows the task engine
-        assert gradient_dtype(None, object(), "qwen2.5-coder-1.5b") == follows  # the registry
-        assert gradient_dtype("bfloat16", Engine(), None) == "bfloat16"  # asked for
-    models.fast_bfloat16.cache_clear()  # the real answer for the tests after this one
+    assert gradient_dtype(None, Engine(), None) == "bfloat16"  # follows the task engine
+    qwen = models.registered_dtype("qwen2.5-coder-1.5b")  # the registry's, for this machine
+    assert gradient_dtype(None, object(), "qwen2.5-coder-1.5b") == qwen
+    assert gradient_dtype(None, object(), None) == "float32"
+    assert gradient_dtype("float32", Engine(), None) == "float32"  # asked for

@@ -1,6 +1,7 @@
 """The second embedded model, Qwen2.5-Coder-1.5B-Instruct, end to end on its real weights.
 
-One module, both engines loaded once (bfloat16; the gradient model float32 without AVX-512):
+One module, both engines loaded once in the dtype Qwen runs in here (bfloat16; float32 without
+AVX-512, the gradient model then keeping bfloat16 weights):
 they agree on the weights, it generates, DSPy gets a constrained answer from it through the
 forced-extraction adapter, and a gradient is taken at a slot position; the CLI optimizes (one
 GReaTer step) and evaluates on it.
@@ -17,7 +18,7 @@ import sys
 import pytest
 
 import dspy_greater
-from dspy_greater.models import QWEN_CODER, gradient_dtype_here
+from dspy_greater.models import QWEN_CODER, registered_dtype
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -29,9 +30,10 @@ def qwen_engines():
     from dspy_greater.engines.vllm_engine import VLLMReasoner
 
     folder = dspy_greater.embedded_model(QWEN_CODER.name)
-    reasoner = VLLMReasoner(folder, dtype=QWEN_CODER.dtype)  # as local_lm builds it: shared
+    dtype = registered_dtype(QWEN_CODER.name)
+    reasoner = VLLMReasoner(folder, dtype=dtype)  # as local_lm builds it: shared
     # As GReaTer gets it: the CLI test below reuses it rather than load the weights twice.
-    gradient_model = shared_gradient_model(folder, dtype=gradient_dtype_here(QWEN_CODER.dtype))
+    gradient_model = shared_gradient_model(folder, dtype=dtype)
     engines = [reasoner, gradient_model]
     del gradient_model
     yield engines  # a list, emptied below: pytest holds what a fixture yields until after this
@@ -92,7 +94,7 @@ def test_qwen_engines_agree_generate_answer_and_give_a_gradient(qwen_engines, re
 
 
 def test_the_cli_optimizes_and_evaluates_on_qwen(qwen_engines, tmp_path, capsys):
-    """`optimize --model qwen2.5-coder-1.5b` (one GReaTer step, bfloat16 by default) and
+    """`optimize --model qwen2.5-coder-1.5b` (one GReaTer step, in Qwen's dtype here) and
     `evaluate --model qwen2.5-coder-1.5b`, in this process: they reuse the fixture's engine."""
     import dspy
 
@@ -107,7 +109,9 @@ def test_the_cli_optimizes_and_evaluates_on_qwen(qwen_engines, tmp_path, capsys)
             + ["--run-dir", str(run), "--no-cache"]
         )
         assert code == 0, capsys.readouterr().err[-3000:]
-        assert json.loads((run / "cli.json").read_text())["dtype"] == "bfloat16"
+        assert json.loads((run / "cli.json").read_text())["dtype"] == registered_dtype(
+            QWEN_CODER.name
+        )
         result = json.loads((run / "result.json").read_text())
         assert result["generations"] > 0
         code = cli.main(["evaluate", "--program", str(run), *small, "--split", "test"])

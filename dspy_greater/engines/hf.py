@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceUnavailable, NotEnoughMemory
-from ..models import available_memory
+from ..models import available_memory, fast_bfloat16
 from .base import Completion, ExampleScore, RenderedExample, TemplateChat
 
 logger = logging.getLogger(__name__)
@@ -50,21 +50,33 @@ BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
 # (Qwen2.5-1.5B, 2 threads: bf16 5.2 GiB and fp32 10.3 GiB at peak, about 1.7x the weights).
 GENERATION_MEMORY = 1.2
 GRADIENT_MEMORY = 1.75
+# bfloat16 weights computing in float32 (float32_compute.py): the float32 figure, 1.75 × 4 bytes a
+# parameter, less the 2 bytes each bfloat16 weight saves: 5 bytes, in units of 2.
+FLOAT32_COMPUTE_MEMORY = 2.5
+
+
+def _tensor_headers(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every tensor's header (dtype, shape) in a folder's safetensors files."""
+    headers = []
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        headers += [tensor for name, tensor in header.items() if name != "__metadata__"]
+    return headers
 
 
 def parameter_count(folder: str | os.PathLike[str]) -> int | None:
     """The parameters in a folder's safetensors files, read from their headers (None where it
     has none)."""
-    files = sorted(Path(folder).glob("*.safetensors"))
-    total = 0
-    for file in files:
-        with open(file, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        for name, tensor in header.items():
-            if name != "__metadata__":
-                total += math.prod(tensor["shape"])
-    return total if files else None
+    headers = _tensor_headers(folder)
+    return sum(math.prod(tensor["shape"]) for tensor in headers) if headers else None
+
+
+def stored_in_bfloat16(folder: str | os.PathLike[str]) -> bool:
+    """Whether a folder's weights are all stored in bfloat16 (then float32 adds no precision)."""
+    headers = _tensor_headers(folder) if Path(folder).is_dir() else []
+    return bool(headers) and all(tensor["dtype"] == "BF16" for tensor in headers)
 
 
 def check_memory(
@@ -275,11 +287,25 @@ class HFGradientModel:
     ) -> None:
         import torch
 
+        # bfloat16 weights with float32 arithmetic: for float32 of weights stored in bfloat16 (the
+        # same numbers in half the memory), and for bfloat16 where it is slow (no AVX-512).
+        upcast = device == "cpu" and (
+            (dtype == "float32" and stored_in_bfloat16(model))
+            or (dtype == "bfloat16" and not fast_bfloat16())
+        )
         self.model, self.tokenizer = load_causal_lm(
-            model, dtype=dtype, device=device, memory=GRADIENT_MEMORY, role="The gradient model"
+            model,
+            dtype="bfloat16" if upcast else dtype,
+            device=device,
+            memory=FLOAT32_COMPUTE_MEMORY if upcast else GRADIENT_MEMORY,
+            role="The gradient model",
         )
         self.model_path = os.fspath(model)
         self.model.requires_grad_(False)
+        if upcast:
+            from .float32_compute import compute_in_float32
+
+            compute_in_float32(self.model)
         self.device = device
         self._torch = torch
         self._embeddings = self.model.get_input_embeddings().weight
