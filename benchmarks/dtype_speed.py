@@ -3,7 +3,8 @@
 Each cell runs in its own process, with a time limit (a cell past it is reported as not finished):
 - *gradient pass*: the transformers model, a forward and a backward pass over ``--tokens`` random
   token ids, the gradient taken on the input embeddings, the loss on the last 20 tokens (as the
-  search takes it); and a no-grad forward over the same ids;
+  search takes it); and a no-grad forward over the same ids. Also with bfloat16 weights
+  computing in float32 (``engines/float32_compute.py``);
 - *generation*: vLLM, ``--prompts`` chat prompts × ``--new-tokens`` tokens in one call, greedy;
 - *pair* (float32 only): both in one process, as GReaTer holds them: the vLLM engine generates,
   then the gradient model loads beside it (through the library's memory check) and runs the
@@ -30,6 +31,7 @@ from typing import Any
 from common import MARK, PeakMemory, report
 
 DTYPES = ("float32", "bfloat16")
+FLOAT32_COMPUTE = "bfloat16-weights-float32-compute"  # the gradient model's where bf16 is slow
 CELLS = ("gradient", "generation")
 PAIR_DTYPES = ("float32",)
 
@@ -55,11 +57,16 @@ def gradient_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     import dspy_greater
+    from dspy_greater.engines.float32_compute import compute_in_float32
 
     memory = PeakMemory()
+    upcast = dtype == FLOAT32_COMPUTE
     model = AutoModelForCausalLM.from_pretrained(
-        dspy_greater.embedded_model(args.model), dtype=getattr(torch, dtype)
-    )
+        dspy_greater.embedded_model(args.model),
+        dtype=torch.bfloat16 if upcast else getattr(torch, dtype),
+    ).requires_grad_(False)
+    if upcast:
+        compute_in_float32(model)
     return {**gradient_pass(model, args.tokens), "peak_gib": memory.stop()}
 
 
@@ -153,6 +160,15 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append(
             f"| {dtype} | {forward} | {backward} | {peaks[0]} | {generation} | {peaks[1]} |"
         )
+    if any(r["dtype"] == FLOAT32_COMPUTE for r in rows):
+        forward = cell("gradient", FLOAT32_COMPUTE, lambda r: f"{r['forward_seconds']:.1f} s")
+        backward = cell(
+            "gradient", FLOAT32_COMPUTE, lambda r: f"{r['forward_backward_seconds']:.1f} s"
+        )
+        peak = cell("gradient", FLOAT32_COMPUTE, lambda r: f"{r['peak_gib']:.1f} GiB")
+        lines.append(
+            f"| bfloat16 weights, float32 arithmetic | {forward} | {backward} | {peak} | | |"
+        )
     for dtype in PAIR_DTYPES:
         row = next((r for r in rows if (r["cell"], r["dtype"]) == ("pair", dtype)), None)
         if row is None:
@@ -199,6 +215,7 @@ def main() -> None:
     out = Path(args.out) if args.out else None
     rows: list[dict[str, Any]] = json.loads(out.read_text())["rows"] if out and out.exists() else []
     cells = [(cell, dtype) for cell in CELLS for dtype in DTYPES]
+    cells.insert(len(DTYPES), ("gradient", FLOAT32_COMPUTE))
     cells += [("pair", dtype) for dtype in PAIR_DTYPES]
     machine = {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -177,8 +177,8 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
         choices=("float32", "bfloat16", "float16"),
         default=None,
         help="both engines' dtype (default: an embedded model's registered one "
-        "(qwen2.5-coder-1.5b: bfloat16), float32 for a folder); on a CPU without AVX-512 the "
-        "gradient model computes in float32 in place of bfloat16",
+        "(qwen2.5-coder-1.5b: bfloat16, float32 on a CPU without AVX-512), float32 for a "
+        "folder); a gradient model of bfloat16 weights computes in float32 where bfloat16 is slow",
     )
     parser.add_argument("--device", default="cpu", help="device of the gradient model (cpu, cuda)")
     parser.add_argument(
