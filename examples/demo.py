@@ -5,7 +5,7 @@ Hard task shipped with the package through :class:`~dspy_greater.ForcedExtractio
 local vLLM engine; ``GReaTer`` optimizes its instructions with the model's own gradients; the start
 and the result are scored on a test split never used for selection, beside the majority-class rate.
 About 11 minutes on a 2-core CPU. ``--model qwen2.5-coder-1.5b`` runs it on the second embedded
-model (bfloat16, 2 steps by default: each takes minutes there).
+model (bfloat16, float32 on a CPU without AVX-512; 2 steps by default: each takes minutes there).
 
     python examples/demo.py [--model NAME] [--task causal_judgement] [--steps 6] [--run-dir DIR]
 """
