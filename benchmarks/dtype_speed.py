@@ -214,8 +214,8 @@ def main() -> None:
 
     out = Path(args.out) if args.out else None
     rows: list[dict[str, Any]] = json.loads(out.read_text())["rows"] if out and out.exists() else []
-    cells = [(cell, dtype) for cell in CELLS for dtype in DTYPES]
-    cells.insert(len(DTYPES), ("gradient", FLOAT32_COMPUTE))
+    cells = [("gradient", dtype) for dtype in (*DTYPES, FLOAT32_COMPUTE)]
+    cells += [("generation", dtype) for dtype in DTYPES]
     cells += [("pair", dtype) for dtype in PAIR_DTYPES]
     machine = {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -16,7 +16,7 @@ os.environ["DSPY_CACHEDIR"] = _CACHE
 
 
 # vLLM's KV cache for every engine of the session and its subprocesses: 1 GiB holds the tests'
-# short prompts, and what it spares lets Qwen's float32 gradient model (a CPU without AVX-512)
+# short prompts, and what it spares lets Qwen's gradient model (float32 arithmetic without AVX-512)
 # load beside the session's SmolLM2 engine and Qwen's own. A user's setting is kept.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -26,9 +26,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Qwen's tests first, while the memory is free: its float32 gradient model (a CPU without
-    AVX-512) needs ~11.6 GiB by the loader's check, which the session's SmolLM2 engine and what
-    earlier tests leave in this process do not leave on a 24 GB machine."""
+    """Qwen's tests first, while the memory is free: its vLLM engine and gradient model need
+    most of a 24 GB machine (on a CPU without AVX-512, a float32 engine and a gradient model the
+    loader's check puts at 8.3 GiB), more than the session's SmolLM2 engine and what earlier
+    tests leave in this process allow (CI once found 10.3 GiB free for an 11.6 GiB check)."""
     items.sort(key=lambda item: item.path.name != "test_qwen.py")  # stable: the rest keep order
 
 
