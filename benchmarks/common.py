@@ -30,6 +30,23 @@ def run_child(script: str, *args: str) -> Any:
     return json.loads(next(line[len(MARK) :] for line in out.splitlines() if line.startswith(MARK)))
 
 
+def git_commit() -> str | None:
+    """The checked-out commit (with "+" when the tree has changes), if this is a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
 def load_bbh(task: str) -> list[Any]:
     """A BBH task from the shared benchmark data, else the copy shipped in the package."""
     import dspy_greater

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common import PeakMemory, load_bbh, report, run_child, without_variants
+from common import PeakMemory, git_commit, load_bbh, report, run_child, without_variants
 
 # name: GReaTer keyword arguments, GreaterConfig overrides of the light budget, environment
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, str]]] = {
@@ -96,7 +95,7 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         result = dspy_greater.accuracy(compiled, test)
     return {
         "variant": variant,
-        "commit": _commit(),
+        "commit": git_commit(),
         "environment": environment,
         "model": args.model,
         "task": args.task,
@@ -126,23 +125,6 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "peak_gib": memory.stop(),
         "wall_seconds": time.perf_counter() - started,
     }
-
-
-def _commit() -> str | None:
-    """The checked-out commit (with "+" when the tree has changes), if this is a git checkout."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+" if dirty else "")
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -201,7 +201,12 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
         help="reasoning tokens per call (default: 128; evaluate: the run's)",
     )
     parser.add_argument("--threads", type=_positive, default=16, help="parallel program calls")
-    parser.add_argument("--no-cache", action="store_true", help="do not use DSPy's LM cache")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not use DSPy's LM cache (optimize: while optimizing, so that its time and "
+        "generations are its own; the dev scores after it may reuse cached answers)",
+    )
 
 
 def _positive(text: str) -> int:
@@ -417,6 +422,9 @@ def _optimize(args: argparse.Namespace) -> int:
     dev = task.splits.dev
     scores = {}
     if dev:
+        # --no-cache keeps the optimizer's cost its own; scores may reuse cached answers (the
+        # start's dev score is the same in every run on a task, greedy answers are the same).
+        lm.cache = True
         start = accuracy(program, dev, task.metric, num_threads=args.threads, progress=True)
         scores = {
             "dev_start": start,

@@ -262,6 +262,31 @@ def test_dspy_optimizers_run_on_the_small_model(
     assert (run / "program.json").is_file()
 
 
+def test_no_cache_optimizes_uncached_but_scores_through_the_cache(
+    tmp_path, capsys, restore_dspy_settings
+):
+    """--no-cache keeps the optimizer's cost its own, yet the dev scores after it go through
+    DSPy's cache: a second run on the same task scores the start without generating again."""
+
+    def optimize_none(run: Path) -> int:
+        return run_main(
+            "optimize",
+            *TINY_RUN,
+            *("--backend", "hf", "--no-cache", "--optimizer", "none", "--run-dir", str(run)),
+        )
+
+    before = len(dspy.cache.memory_cache)
+    assert optimize_none(tmp_path / "first") == 0, capsys.readouterr().err[-3000:]
+    stored = len(dspy.cache.memory_cache)
+    assert stored >= before + 4  # the 4 dev questions' answers were stored
+    assert optimize_none(tmp_path / "second") == 0, capsys.readouterr().err[-3000:]
+    assert len(dspy.cache.memory_cache) == stored  # all served from the cache
+    first, second = (
+        json.loads((tmp_path / name / "result.json").read_text()) for name in ("first", "second")
+    )
+    assert first["dev_start"] == second["dev_start"]
+
+
 def test_evaluate_on_another_model(tiny_model, tmp_path, capsys, restore_dspy_settings):
     """Transfer: a saved program is scored on the model named by --model (here a tiny random
     Llama on the transformers backend), and the result says which model it was."""
