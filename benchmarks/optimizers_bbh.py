@@ -74,7 +74,7 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, A
     common = [
         *["--data", data_path(task), "--train", str(args.train), "--dev", str(args.dev)],
         *["--test", str(args.test), "--seed", str(args.seed)],
-        *["--max-tokens", str(args.max_tokens), *model],
+        *["--max-tokens", str(args.max_tokens), "--threads", str(args.threads), *model],
     ]
     if not (folder / "result.json").exists():
         resume = ["--resume"] if folder.exists() else []
@@ -85,7 +85,8 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, A
             return None
     evaluation = folder / "evaluate-test.json"
     if not evaluation.exists():
-        code = cli.main(["evaluate", "--program", str(folder), *model, "--out", str(evaluation)])
+        scoring = ["--threads", str(args.threads), "--out", str(evaluation)]
+        code = cli.main(["evaluate", "--program", str(folder), *model, *scoring])
         if code != 0:
             logging.error("%s/%s: evaluate exited %d", task, optimizer, code)
             return None
@@ -96,7 +97,8 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, A
         "task": task,
         "optimizer": optimizer,
         "budget": BUDGETS[optimizer],
-        "settings": {k: settings.get(k) for k in ("model", "dtype", "train", "dev", "test")},
+        "settings": {k: settings.get(k) for k in ("model", "dtype", "train", "dev", "test")}
+        | {"threads": args.threads},
         "protocol": result["protocol"],
         "test": scored["accuracy"],
         "n": scored["n"],
@@ -168,6 +170,8 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=128)
+    # DSPy's parallel calls: 48 scored 50 questions 1.10x faster than 16 (Qwen, AVX2)
+    parser.add_argument("--threads", type=int, default=48)
     parser.add_argument(
         "--run-root", default=None, help="default: benchmarks/runs/optimizers-MODEL"
     )
