@@ -110,7 +110,7 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, A
         "dev_start": result.get("dev_start"),
         "dev_result": result.get("dev_result"),
         "instructions": result["instructions"],
-        "commit": git_commit(),
+        "commit": args.commit,
         "cpu": _cpu(),
         "date": datetime.date.today().isoformat(),
     }
@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="rows (JSON), read to skip finished cells")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args.commit = git_commit()  # what this process runs, though later commits land meanwhile
     label = Path(args.model).name if args.model else "embedded"
     args.run_root = args.run_root or f"benchmarks/runs/optimizers-{label}"
     out = Path(args.out or f"benchmarks/results/optimizers_{label}.json")
