@@ -427,11 +427,12 @@ class InstructionsEvaluator:
         num_threads: int,
         max_errors: int,
         cache_file: Path | None = None,
+        progress: bool = False,
     ) -> None:
         self.program, self.examples, self.metric = program, examples, metric
         self.lm, self.adapter = lm, adapter
         self.num_threads, self.max_errors = num_threads, max_errors
-        self.cache_file = cache_file
+        self.cache_file, self.progress = cache_file, progress
         self.scores: dict[str, float] = (
             json.loads(cache_file.read_text())
             if cache_file is not None and cache_file.exists()
@@ -459,7 +460,7 @@ class InstructionsEvaluator:
                     devset=self.examples,
                     metric=metric,
                     num_threads=self.num_threads,
-                    display_progress=False,
+                    display_progress=self.progress,
                     max_errors=self.max_errors,
                     failure_score=0.0,
                 )(candidate)
@@ -483,7 +484,8 @@ def _prompt_nll(
 class AnswerMetricScorer:
     """The selection score of a one-predictor program's prompt: 1 - the mean metric over the
     training batch, on the outputs the adapter generates after the search's own reasoning (no
-    extra reasoning call), + ``nll_weight`` * the prompt's mean NLL."""
+    extra reasoning call), + ``nll_weight`` * the prompt's mean NLL, + ``loss_weight`` * the
+    mean teacher-forced answer loss."""
 
     def __init__(
         self,
@@ -494,11 +496,13 @@ class AnswerMetricScorer:
         renderer: AdapterRenderer,
         gradient_model: GradientModel,
         nll_weight: float,
+        loss_weight: float = 0.0,
         num_threads: int,
         max_errors: int,
     ) -> None:
         self.metric, self.lm, self.adapter, self.renderer = metric, lm, adapter, renderer
         self.gradient_model, self.nll_weight = gradient_model, nll_weight
+        self.loss_weight = loss_weight
         self.num_threads, self.max_errors = num_threads, max_errors
         self.errors, self.lock = 0, threading.Lock()
 
@@ -537,13 +541,15 @@ class AnswerMetricScorer:
             scores = list(pool.map(lambda chain: self._one(signature, *chain), chains))
         mistakes = 1.0 - sum(scores) / len(scores)
         nll = _prompt_nll(self.gradient_model, pairs, self.adapter)
-        return PromptScore.of(mistakes, nll, self.nll_weight)
+        loss = _answer_loss(self.gradient_model, pairs) if self.loss_weight else 0.0
+        return PromptScore.of(mistakes, nll, self.nll_weight, loss, self.loss_weight)
 
 
 class PipelineScorer:
     """The selection score of one stage's prompt in a multi-stage program: 1 - the whole
     program's mean metric on the training batch with that prompt (a change in one stage is
-    judged by its effect on the end result), + ``nll_weight`` * the prompt's mean NLL."""
+    judged by its effect on the end result), + ``nll_weight`` * the prompt's mean NLL, +
+    ``loss_weight`` * the stage's mean teacher-forced loss on its targets."""
 
     def __init__(
         self,
@@ -553,16 +559,27 @@ class PipelineScorer:
         renderer: AdapterRenderer,
         gradient_model: GradientModel,
         nll_weight: float,
+        loss_weight: float = 0.0,
     ) -> None:
         self.evaluate, self.stage, self.renderer = evaluate, stage, renderer
         self.gradient_model, self.nll_weight = gradient_model, nll_weight
+        self.loss_weight = loss_weight
 
     def __call__(
         self, prompt: Prompt, pairs: Sequence[tuple[dspy.Example, RenderedExample]]
     ) -> PromptScore:
         mistakes = 1.0 - self.evaluate(self.stage, self.renderer.decode_prompt(prompt))
         nll = _prompt_nll(self.gradient_model, pairs, self.evaluate.adapter)
-        return PromptScore.of(mistakes, nll, self.nll_weight)
+        loss = _answer_loss(self.gradient_model, pairs) if self.loss_weight else 0.0
+        return PromptScore.of(mistakes, nll, self.nll_weight, loss, self.loss_weight)
+
+
+def _answer_loss(
+    gradient_model: GradientModel, pairs: Sequence[tuple[Any, RenderedExample]]
+) -> float:
+    """The mean teacher-forced loss of the targets after each example's own reasoning."""
+    results = gradient_model.score([r for _, r in pairs])
+    return sum(r.answer_loss for r in results) / len(results)
 
 
 # -- the program ----------------------------------------------------------------------------------

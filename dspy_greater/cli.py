@@ -12,6 +12,7 @@ run).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -28,11 +29,11 @@ from .logs import configure_logging, generation_counts, truncation_note
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, registered_dtype
 from .optimizers import OPTIMIZERS, RESUMABLE, Setup
 from .rundir import write_json_atomically
-from .search import PAPER_PROMPT
+from .search import PAPER_PROMPT, GreaterConfig
 
 SETTINGS = "cli.json"  # what `optimize` was asked to do: a resumed run must ask the same
 # Settings added since the first release, as runs that did not store them had them.
-SETTINGS_BEFORE_THEY_WERE_KEPT = {"dtype": "float32"}
+SETTINGS_BEFORE_THEY_WERE_KEPT: dict[str, Any] = {"dtype": "float32", "search": {}}
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 DEFAULT_MAX_TOKENS = 128
 
@@ -102,10 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         choices=("light", "medium", "heavy"),
         default="light",
-        help="GReaTer's budget (auto=)",
+        help="GReaTer's budget (its auto=)",
     )
     optimize.add_argument(
         "--steps", type=_positive, default=None, help="GReaTer steps (default: the budget's)"
+    )
+    optimize.add_argument(
+        "--search",
+        metavar="KEY=VALUE",
+        type=_search_option,
+        action="append",
+        default=[],
+        help="set one of GReaTer's search settings (a GreaterConfig field) over the budget's, "
+        "e.g. --search num_examples=12 --search keep_current=true; repeatable",
     )
     optimize.add_argument(
         "--candidates",
@@ -207,6 +217,33 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
         help="do not use DSPy's LM cache (optimize: while optimizing, so that its time and "
         "generations are its own; the dev scores after it may reuse cached answers)",
     )
+
+
+def _search_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` for a :class:`GreaterConfig` field, the value of the field's type."""
+    key, sep, value = text.partition("=")
+    own_options = ("steps", "seed")  # --steps and --seed
+    defaults: dict[str, Any] = {
+        f.name: f.default for f in dataclasses.fields(GreaterConfig) if f.name not in own_options
+    }
+    if not sep or key not in defaults:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE with KEY one of {', '.join(defaults)}; got {text!r}"
+        )
+    kind = type(defaults[key])
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false"):
+                raise ValueError(value)
+            return key, value.lower() == "true"
+        if defaults[key] is None:  # the filler: a token, or none for the model's likeliest
+            return key, None if value.lower() == "none" else value
+        return key, kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{key} takes a{'n' if kind is int else ''} {kind.__name__}"
+            f"{' (true or false)' if kind is bool else ''}; got {value!r}"
+        ) from None
 
 
 def _positive(text: str) -> int:
@@ -356,6 +393,14 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     )
     settings = {"data": data, "seed": 0 if args.seed is None else args.seed}
     settings.update({key: getattr(args, key) for key in keys})
+    settings["search"] = dict(args.search)
+    if settings["search"]:
+        if args.optimizer != "greater":
+            raise CliError(f"--search sets GReaTer's search; not --optimizer {args.optimizer}.")
+        try:  # a bad value fails now, not after the engines have loaded
+            GreaterConfig.budget(args.budget, **settings["search"])
+        except ValueError as exc:
+            raise CliError(f"--search: {exc}") from None
     settings["max_tokens"] = settings["max_tokens"] or DEFAULT_MAX_TOKENS
     settings["dtype"] = settings["dtype"] or registered_dtype(settings["model"])
     if settings["model"] is not None and settings["model"] not in EMBEDDED_MODELS:

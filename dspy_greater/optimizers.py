@@ -46,12 +46,14 @@ def _none(setup: Setup) -> tuple[Any, Any]:
 
 
 def _greater(setup: Setup) -> tuple[Any, Any]:
+    from .search import GreaterConfig
     from .teleprompter import GReaTer
 
     settings = setup.settings
+    search = settings.get("search", {})
     optimizer = GReaTer(
         metric=setup.task.metric,
-        auto=settings["budget"],
+        config=GreaterConfig.budget(settings["budget"], seed=settings["seed"], **search),
         steps=settings["steps"],
         seed=settings["seed"],
         dtype=settings["dtype"],

@@ -77,6 +77,11 @@ class GreaterConfig:
     answer_temperature: float = 0.2
     fluency_weight: float = 0.2  # prompt NLL in the gradient loss
     selection_nll_weight: float = 0.02  # prompt NLL in the selection score
+    # Not the paper's (0 and False there): the mean teacher-forced answer loss in the selection
+    # score, a finer signal than 0/1 mistakes on a few examples; and the current prompt among
+    # the choices, so that a step whose shortlist scores worse keeps it and moves on.
+    selection_loss_weight: float = 0.0
+    keep_current: bool = False
     max_reasoning_tokens: int = 1024
     max_prompt_tokens: int = 96  # at this length the position wraps to 0 instead of growing
     filler: str | None = None  # token appended to grow the prompt; None: the model's likeliest
@@ -111,6 +116,9 @@ class GreaterConfig:
                 raise ValueError(f"GreaterConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.answer_temperature <= 0:
             raise ValueError("GreaterConfig.answer_temperature must be > 0.")
+        for name in ("fluency_weight", "selection_nll_weight", "selection_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GreaterConfig.{name} must be >= 0, got {getattr(self, name)}.")
 
 
 @dataclass(frozen=True)
@@ -120,11 +128,21 @@ class PromptScore:
     mistake_rate: float
     prompt_nll: float
     value: float
+    answer_loss: float = 0.0  # mean teacher-forced answer loss (0 where a scorer does not weigh it)
 
     @classmethod
-    def of(cls, mistake_rate: float, prompt_nll: float, nll_weight: float) -> PromptScore:
-        """The paper's selection score: ``mistake_rate + nll_weight * prompt_nll``."""
-        return cls(mistake_rate, prompt_nll, mistake_rate + nll_weight * prompt_nll)
+    def of(
+        cls,
+        mistake_rate: float,
+        prompt_nll: float,
+        nll_weight: float,
+        answer_loss: float = 0.0,
+        loss_weight: float = 0.0,
+    ) -> PromptScore:
+        """The selection score: ``mistake_rate + nll_weight * prompt_nll`` (the paper's), plus
+        ``loss_weight * answer_loss``."""
+        value = mistake_rate + nll_weight * prompt_nll + loss_weight * answer_loss
+        return cls(mistake_rate, prompt_nll, value, answer_loss)
 
 
 @dataclass
@@ -318,11 +336,16 @@ class _Search:
     def teacher_forced_score(
         self, prompt: Prompt, pairs: Sequence[tuple[Any, RenderedExample]]
     ) -> PromptScore:
-        """The paper's selection score: teacher-forced mistake rate + weight * prompt NLL."""
+        """The paper's selection score: teacher-forced mistake rate + weight * prompt NLL (+
+        weight * answer loss)."""
         results = self.model.score([rendered for _, rendered in pairs])
         mistakes = sum(not r.correct for r in results) / len(results)
         nll = sum(r.prompt_nll for r in results) / len(results)
-        return PromptScore.of(mistakes, nll, self.config.selection_nll_weight)
+        loss = sum(r.answer_loss for r in results) / len(results)
+        config = self.config
+        return PromptScore.of(
+            mistakes, nll, config.selection_nll_weight, loss, config.selection_loss_weight
+        )
 
     def filler(self, prompt: Prompt) -> int | None:
         """The token to append: the configured filler, or the model's likeliest readable token."""
@@ -521,7 +544,8 @@ def _step(
     clock = time.perf_counter()
     search.reason([swap(c) for c in shortlist])
     seconds["select_generation"] = time.perf_counter() - clock  # part of "select"
-    scores = {c: search.score(swap(c)) for c in shortlist}
+    choices = [*shortlist, prompt[position]] if config.keep_current else shortlist
+    scores = {c: search.score(swap(c)) for c in choices}
     selected = select(scores)
     seconds["select"] = time.perf_counter() - clock
 

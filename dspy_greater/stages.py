@@ -90,7 +90,10 @@ def optimize_stage(
         demos=list(predictor.demos),
         constrained=run.adapter.constrains(engines.lm),
     )
-    nll_weight = run.config.selection_nll_weight
+    weights = dict(
+        nll_weight=run.config.selection_nll_weight,
+        loss_weight=run.config.selection_loss_weight,
+    )
     scorer: Scorer
     if run.single:
         scorer = AnswerMetricScorer(
@@ -99,9 +102,9 @@ def optimize_stage(
             adapter=run.adapter,
             renderer=renderer,
             gradient_model=engines.gradient_model,
-            nll_weight=nll_weight,
             num_threads=run.num_threads,
             max_errors=run.max_errors,
+            **weights,
         )
     else:
         scorer = PipelineScorer(
@@ -109,7 +112,7 @@ def optimize_stage(
             stage=name,
             renderer=renderer,
             gradient_model=engines.gradient_model,
-            nll_weight=nll_weight,
+            **weights,
         )
     identity = {
         "predictor": name,
@@ -146,6 +149,12 @@ def optimize_stage(
         )
         candidates = [original, start, *(text for text, _, _ in result.top_prompts)]
         candidates = list(dict.fromkeys(candidates))
+        logger.info(
+            "%s: choosing among %d prompts by their score on the %d validation examples.",
+            name,
+            len(candidates),
+            len(run.validation.examples),
+        )
         validation = {text: run.validation(name, text) for text in candidates}
         final = stage_dir.state()
         assert final is not None  # the search checkpoints after its setup

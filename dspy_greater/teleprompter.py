@@ -213,7 +213,12 @@ class GReaTer(Teleprompter):
             max_errors=max_errors,
             single=len(stages) == 1,
             validation=bridge.InstructionsEvaluator(
-                program, valset, self.metric, cache_file=folder / "validation.json", **evaluator
+                program,
+                valset,
+                self.metric,
+                cache_file=folder / "validation.json",
+                progress=self.progress,  # a pass over the valset can take minutes
+                **evaluator,
             ),
             training=bridge.InstructionsEvaluator(
                 program, trainset[: config.num_examples], self.metric, **evaluator

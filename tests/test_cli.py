@@ -108,6 +108,17 @@ def test_bad_command_lines_are_named(tmp_path):
         str(tmp_path / "gpu"),
     )
     assert no_gpu.returncode == 1 and "no CUDA GPU" in no_gpu.stderr
+    search = ["optimize", "--data", "sports_understanding", "--run-dir", str(tmp_path / "s")]
+    unknown = cli(*search, "--search", "top=4")
+    assert unknown.returncode == 2 and "KEY one of steps" not in unknown.stderr
+    assert "num_examples" in unknown.stderr and "got 'top=4'" in unknown.stderr
+    typed = cli(*search, "--search", "keep_current=yes")
+    assert typed.returncode == 2 and "keep_current takes a bool" in typed.stderr
+    out_of_range = cli(*search, "--search", "num_examples=0")
+    assert out_of_range.returncode == 1 and "num_examples must be >= 1" in out_of_range.stderr
+    not_greater = cli(*search, "--optimizer", "copro", "--search", "shortlist=4")
+    assert not_greater.returncode == 1 and "not --optimizer copro" in not_greater.stderr
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.fixture
@@ -184,6 +195,7 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings, vl
     the machine."""
     run = tmp_path / "run"
     args = ["optimize", *TINY_RUN, "--optimizer", "greater", "--steps", "2", "--run-dir", str(run)]
+    args += ["--search", "keep_top=1"]  # a search setting over the budget's (light: 3)
     interrupted = subprocess.run(
         [sys.executable, "-c", INTERRUPTED_AFTER_FIRST_STEP, *args],
         capture_output=True,
@@ -200,6 +212,8 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings, vl
     spent = json.loads((run / "spent.json").read_text())  # the cost so far survives Ctrl-C
     assert spent["seconds"] > 0 and spent["generations"] > 0, (spent, said)
 
+    other = cli(*args[:-2], "--resume")  # without the search setting: another run
+    assert other.returncode == 1 and "search: {'keep_top': 1} -> {}" in other.stderr, _said(other)
     resumed = cli(*args, "--resume")
     said = _said(resumed)
     assert resumed.returncode == 0, said
@@ -222,6 +236,8 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings, vl
     assert 0.0 <= result["dev_result"] <= 1.0 and result["dev_size"] == 4
     [instructions] = result["instructions"].values()
     assert instructions in (run / "program.json").read_text()
+    validated = json.loads((run / "greater" / "validation.json").read_text())
+    assert len(validated) <= 2, validated  # the start and keep_top=1 prompt
 
     assert run_main("evaluate", "--program", str(run / "program.json")) == 0
     out = json.loads((run / "evaluate-test-embedded.json").read_text())

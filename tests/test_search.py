@@ -187,6 +187,59 @@ def test_a_custom_scorer_decides_the_selection(tiny_model):
     assert result.best_score.value == min(s.value for _, _, s in result.top_prompts)
 
 
+def test_keep_current_lets_a_step_keep_a_prompt_its_shortlist_cannot_beat(tiny_model):
+    model = HFGradientModel(tiny_model)
+    renderer = ChatTemplateRenderer(model.tokenizer)
+    start = tuple(renderer.encode_prompt("Think step by step", TINY_EXAMPLES[0]))
+
+    def the_start_is_best(prompt, pairs):  # lower is better
+        return PromptScore(0.0, 0.0, 0.0 if prompt == start else 1.0)
+
+    def run(**overrides):
+        return run_greater(
+            TINY_EXAMPLES,
+            initial_prompt="Think step by step",
+            config=tiny_config(num_subsets=3, steps=3, **overrides),
+            renderer=renderer,
+            reasoner=HFReasoner(tiny_model, batch_size=4),
+            gradient_model=model,
+            progress=False,
+            scorer=the_start_is_best,
+        )
+
+    kept = run(keep_current=True)
+    assert [r.selected for r in kept.history] == [start[r.position] for r in kept.history]
+    assert all(r.prompt_after == r.prompt_before for r in kept.history)
+    assert [r.position for r in kept.history] == [0, 1, 2]  # it still moves on
+    # The paper's search always takes a shortlisted token, here one that is not the start's.
+    moved = run()
+    assert moved.history[0].prompt_after != moved.history[0].prompt_before
+
+
+def test_the_answer_loss_weighs_in_the_selection_score_when_asked(tiny_model):
+    model = HFGradientModel(tiny_model)
+    renderer = ChatTemplateRenderer(model.tokenizer)
+    cache: dict = {}
+    result = run_greater(
+        TINY_EXAMPLES,
+        initial_prompt="Think step by step",
+        config=tiny_config(num_subsets=3, steps=1, selection_loss_weight=0.5),
+        renderer=renderer,
+        reasoner=HFReasoner(tiny_model, batch_size=4),
+        gradient_model=model,
+        progress=False,
+        reasoning_cache=cache,
+    )
+    start = tuple(renderer.encode_prompt("Think step by step", TINY_EXAMPLES[0]))
+    rendered = [renderer.render(start, ex, cache[(start, i)]) for i, ex in enumerate(TINY_EXAMPLES)]
+    loss = sum(r.answer_loss for r in model.score(rendered)) / len(rendered)
+    score = result.initial_score
+    assert loss > 0 and score.answer_loss == pytest.approx(loss, rel=1e-5)
+    assert score.value == pytest.approx(score.mistake_rate + 0.02 * score.prompt_nll + 0.5 * loss)
+    with pytest.raises(ValueError, match="selection_loss_weight must be >= 0"):
+        GreaterConfig(selection_loss_weight=-1.0)
+
+
 def test_one_real_step_on_smollm2(smollm2):
     model = HFGradientModel(smollm2)
     examples = dspy_greater.load_bbh("sports_understanding")[:4]

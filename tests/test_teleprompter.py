@@ -102,6 +102,33 @@ def test_the_valset_scores_the_start_and_the_best_few_unless_asked_for_every_ste
     assert few.instructions == each.instructions
 
 
+def test_the_metric_selection_weighs_the_answer_loss_when_asked(tiny_lm, tmp_path):
+    scores = {}
+    for weight in (0.0, 2.0):
+        config = GreaterConfig(
+            **{**TINY_CONFIG.__dict__, "steps": 1, "selection_loss_weight": weight}
+        )
+        with dspy.context(lm=tiny_lm):
+            stage = (
+                _optimizer(config=config)
+                .compile(
+                    dspy.ChainOfThought("question -> answer"),
+                    trainset=DATA[:6],
+                    valset=DATA[6:],
+                    run_dir=tmp_path / str(weight),
+                )
+                .greater_run.stages[0]
+            )
+        scores[weight] = stage.search.initial_score
+    assert scores[0.0].answer_loss == 0.0  # the paper's score: not computed
+    weighed = scores[2.0]
+    assert weighed.answer_loss > 0
+    assert weighed.value == pytest.approx(
+        weighed.mistake_rate + 0.02 * weighed.prompt_nll + 2.0 * weighed.answer_loss
+    )
+    assert weighed.mistake_rate == scores[0.0].mistake_rate  # the metric's part is the same
+
+
 def test_a_stopped_compile_resumes_to_the_same_result(tiny_lm, tmp_path):
     with dspy.context(lm=tiny_lm):
         whole = _optimizer(config=GreaterConfig(**{**TINY_CONFIG.__dict__, "steps": 3})).compile(
