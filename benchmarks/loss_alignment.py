@@ -10,7 +10,7 @@ ones (AUC: the chance that a wrong one has the higher loss; 0.5 is no signal). A
 through DSPy's cache, so a cell's dev answers are not generated again.
 
     python benchmarks/loss_alignment.py --cell benchmarks/runs/optimizers-MODEL/TASK/greater
-        [--out FILE]
+        [--out benchmarks/results/loss_alignment.json]
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ def measure(cell: Path, threads: int) -> list[dict[str, Any]]:
                     "answer_loss": forced.answer_loss,
                 }
             )
+        first = task.splits.dev[0]
+        scored = renderer.render(prompt_ids, first, ())
         right = [e["answer_loss"] for e in examples if e["metric"] >= 1.0]
         wrong = [e["answer_loss"] for e in examples if e["metric"] < 1.0]
         agree = [e["teacher_forced_correct"] == (e["metric"] >= 1.0) for e in examples]
@@ -94,6 +96,9 @@ def measure(cell: Path, threads: int) -> list[dict[str, Any]]:
                 "prompt": which,
                 "instructions": text,
                 "n": len(examples),
+                # what the loss reads of the first example's gold answer, after what
+                "scored_answer": model.tokenizer.decode(list(scored.ids[scored.answer])),
+                "after": model.tokenizer.decode(list(scored.ids[scored.extractor])),
                 "metric_accuracy": statistics.mean(e["metric"] for e in examples),
                 "teacher_forced_accuracy": statistics.mean(
                     e["teacher_forced_correct"] for e in examples
@@ -115,12 +120,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cell", type=Path, required=True, help="a cell's run folder")
     parser.add_argument("--threads", type=int, default=48)
-    parser.add_argument("--out", type=Path, default=None, help="default: CELL/loss_alignment.json")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/loss_alignment.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     rows = measure(args.cell, args.threads)
-    out = args.out or args.cell / "loss_alignment.json"
-    out.write_text(json.dumps({"rows": rows}, indent=1))
+    earlier = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    args.out.write_text(json.dumps({"rows": earlier + rows}, indent=1))
     print(
         "| prompt | n | metric acc. | teacher-forced acc. | agreement | loss right / wrong | AUC |"
     )
@@ -131,7 +136,7 @@ def main() -> None:
         )
         area = "–" if r["auc"] is None else f"{r['auc']:.2f}"
         print(
-            f"| {r['prompt']} | {r['n']} | {r['metric_accuracy']:.3f} | "
+            f"| {r['prompt']} | `{r['scored_answer']}` | {r['n']} | {r['metric_accuracy']:.3f} | "
             f"{r['teacher_forced_accuracy']:.3f} | {r['agreement']:.2f} | {losses} | {area} |"
         )
 

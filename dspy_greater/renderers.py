@@ -260,6 +260,9 @@ class AdapterRenderer:
         """The reasoning field's value as the adapter writes it back: cut at a header, stripped."""
         return self.tokenizer.decode(list(reasoning_ids)).split(STOP, 1)[0].strip()
 
+    def _ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def answer_ids(self, example: Any) -> tuple[int, ...]:
         """The gold answer as the adapter formats the answer field, as the model writes it."""
         info = self.signature.output_fields[self.answer_field]
@@ -268,12 +271,33 @@ class AdapterRenderer:
             text = json.dumps(json_value(parse_field(str(gold), info.annotation)))
         else:
             text = format_field_value(info, gold)
-        ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = self._ids(text)
         if not ids:
             raise ValueError(
                 f"The gold answer {example[self.answer_field]!r} tokenizes to nothing."
             )
         return ids
+
+    def decisive_answer(self, example: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The gold answer's ids as (forced, decisive). Constrained to a closed set, the model
+        can only write one of the choices' JSON: tokens every choice starts with (a quote) are
+        forced, so they join the context; tokens every choice ends with are dropped. Only the
+        tokens that tell the choices apart are the answer the loss reads. Otherwise: ((), all).
+        """
+        gold = self.answer_ids(example)
+        choices = closed_choices(self.signature.output_fields[self.answer_field].annotation)
+        if not self.constrained or choices is None:
+            return (), gold
+        spelled = [self._ids(json.dumps(json_value(choice))) for choice in choices]
+        shortest = min(len(ids) for ids in spelled)
+        shared = lambda at: all(ids[at] == spelled[0][at] for ids in spelled)  # noqa: E731
+        start = 0
+        while start < shortest - 1 and shared(start):
+            start += 1
+        end = 0  # tokens dropped from the end
+        while start + end < shortest - 1 and shared(-1 - end):
+            end += 1
+        return gold[:start], gold[start : len(gold) - end]
 
     def render(
         self, prompt_ids: Sequence[int], example: Any, reasoning_ids: Sequence[int] = ()
@@ -298,7 +322,8 @@ class AdapterRenderer:
         ]
         first = next(i for i, (a, b) in enumerate(offsets) if b > r_start)
         after = next((i for i, (a, b) in enumerate(offsets) if a >= r_end and i >= first), len(ids))
-        answer = self.answer_ids(example)
+        forced, answer = self.decisive_answer(example)
+        ids += forced
         a0 = len(ids)
         return RenderedExample(
             ids=ids + answer,

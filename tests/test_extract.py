@@ -395,6 +395,51 @@ def test_the_renderer_scores_exactly_what_the_adapter_generates(smollm2, bbh):
     assert all(score.correct for score in model.score(rendered))
 
 
+@pytest.mark.parametrize(
+    "labels, gold", [(("True", "False"), "False"), (("(A)", "(B)", "(C)"), "(B)")]
+)
+def test_a_constrained_answer_is_scored_on_the_tokens_that_tell_the_choices_apart(
+    smollm2, labels, gold
+):
+    """Constrained to a closed set the model writes one choice's JSON (``"False"``); its
+    quote is forced, so the loss must not read it (it cost ~4 nats on every Qwen example)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    signature = dspy.ChainOfThought(
+        dspy.Signature(
+            {"question": (str, dspy.InputField()), "answer": (Literal[labels], dspy.OutputField())}
+        )  # type: ignore[valid-type]
+    ).predict.signature
+    example = dspy.Example(question="not True is", answer=gold)
+    reasoning = tokenizer("So it is false.", add_special_tokens=False)["input_ids"]
+
+    def rendered(constrained: bool):
+        renderer = AdapterRenderer(
+            signature, tokenizer, ForcedExtractionAdapter(), constrained=constrained
+        )
+        return renderer, renderer.render(
+            renderer.encode_prompt("Think.", example), example, reasoning
+        )
+
+    renderer, item = rendered(True)
+    forced, answer = renderer.decisive_answer(example)
+    full = renderer.answer_ids(example)
+    assert tokenizer.decode(full) == json.dumps(gold) and len(answer) < len(full)
+    assert list(item.ids[item.answer]) == list(answer) and gold.strip("()") in tokenizer.decode(
+        answer
+    )
+    assert (
+        tokenizer.decode(item.ids[item.extractor])
+        .strip()
+        .endswith(tokenizer.decode(forced).strip())
+    )
+    others = [renderer.decisive_answer(example.copy(answer=c))[1] for c in labels if c != gold]
+    assert answer not in others  # what is scored still tells the choices apart
+    _, plain = rendered(False)  # mapped, not constrained: the answer as written, whole
+    assert tokenizer.decode(plain.ids[plain.answer]).strip() == gold
+
+
 def test_the_renderer_needs_a_reasoning_and_an_answer_field(smollm2):
     from transformers import AutoTokenizer
 
