@@ -9,7 +9,7 @@ The test suite asserts the same on SmolLM2 (4 sports_understanding examples, 32 
 of 0.18); this measures it where the exact passes are minutes long, for issue 20.
 
     python benchmarks/gradient_exact.py --model qwen2.5-coder-1.5b [--task NAME] [--examples 4]
-        [--tokens 32] [--positions 8] [--per-example 8] [--out FILE]
+        [--tokens 32] [--positions 8] [--per-example 8] [--renderer chat|adapter] [--out FILE]
 """
 
 from __future__ import annotations
@@ -42,13 +42,29 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     path, dtype = dspy_greater.resolve_model(args.model), registered_dtype(args.model)
-    data = dspy_greater.split(load_bbh(args.task), train=args.examples, dev=0).train
     model = HFGradientModel(path, dtype=dtype)
-    renderer = ChatTemplateRenderer(model.tokenizer)
+    renderer: Any
+    if args.renderer == "adapter":  # what GReaTer(...).compile renders: DSPy's messages
+        from optimizers_bbh import data_path
+
+        from dspy_greater import ForcedExtractionAdapter, load_task
+        from dspy_greater.renderers import AdapterRenderer
+
+        task = load_task(data_path(args.task))
+        data = task.splits.train[: args.examples]
+        signature = task.program(PAPER_PROMPT).predict.signature
+        renderer = AdapterRenderer(signature, model.tokenizer, ForcedExtractionAdapter())
+    else:  # the paper's: the chat template, the prompt after the question
+        data = dspy_greater.split(load_bbh(args.task), train=args.examples, dev=0).train
+        renderer = ChatTemplateRenderer(model.tokenizer)
     prompt = renderer.encode_prompt(PAPER_PROMPT, data[0])
-    contexts = [renderer.render(prompt, ex).context for ex in data]
     reasoner = HFReasoner(path, dtype=dtype, batch_size=args.examples)
-    chains = reasoner.generate(contexts, max_new_tokens=args.tokens)
+    chains = reasoner.chat(
+        [renderer.messages(prompt, ex) for ex in data],
+        max_new_tokens=args.tokens,
+        stop=renderer.stop,
+        continue_final_message=renderer.continue_final_message,
+    )
     del reasoner
     rendered = [
         renderer.render(prompt, ex, c.token_ids) for ex, c in zip(data, chains, strict=True)
@@ -91,6 +107,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "dtype": dtype,
         "task": args.task,
+        "renderer": args.renderer,
         "examples": args.examples,
         "tokens": args.tokens,
         "per_example": args.per_example,
@@ -112,6 +129,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--positions", type=int, default=8)
     parser.add_argument("--per-example", type=int, default=8, help="next tokens per example")
+    parser.add_argument(
+        "--renderer",
+        choices=("chat", "adapter"),
+        default="chat",
+        help="chat: the paper's chat template; adapter: DSPy's messages, as GReaTer compiles",
+    )
     parser.add_argument("--out", default=None, help="append the row to this JSON file")
     args = parser.parse_args()
     row = measure(args)
