@@ -127,9 +127,10 @@ def main() -> None:
     earlier = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     args.out.write_text(json.dumps({"rows": earlier + rows}, indent=1))
     print(
-        "| prompt | n | metric acc. | teacher-forced acc. | agreement | loss right / wrong | AUC |"
+        "| prompt | scored answer | n | metric acc. | teacher-forced acc. | agreement | "
+        "loss right / wrong | AUC |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         losses = " / ".join(
             "–" if v is None else f"{v:.3f}" for v in (r["loss_right"], r["loss_wrong"])
