@@ -47,6 +47,28 @@ def git_commit() -> str | None:
     return head + ("+" if dirty else "")
 
 
+def cell_task(cell: Path) -> tuple[dict[str, Any], Any, Any, Any]:
+    """An ``optimizers_bbh.py`` cell's settings (its ``cli.json``), its task on the cell's splits,
+    and its task LM with the forced-extraction adapter, both configured in DSPy: the cell's own
+    scoring, so its answers come from DSPy's cache."""
+    import dspy
+
+    from dspy_greater import ForcedExtractionAdapter, load_task, local_lm
+
+    settings = json.loads((cell / "cli.json").read_text())
+    task = load_task(
+        settings["data"],
+        train=settings["train"],
+        dev=settings["dev"],
+        test=settings["test"],
+        seed=settings["seed"],
+    )
+    lm = local_lm(settings["model"], dtype=settings["dtype"], max_tokens=settings["max_tokens"])
+    adapter = ForcedExtractionAdapter()
+    dspy.configure(lm=lm, adapter=adapter)
+    return settings, task, lm, adapter
+
+
 def load_bbh(task: str) -> list[Any]:
     """A BBH task from the shared benchmark data, else the copy shipped in the package."""
     import dspy_greater

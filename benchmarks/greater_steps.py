@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from common import git_commit
+from common import cell_task, git_commit
 
 
 def stage_history(cell: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -36,11 +36,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: CELL/steps.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    import dspy
 
-    from dspy_greater import ForcedExtractionAdapter, accuracy, load_task, local_lm
+    from dspy_greater import accuracy
 
-    settings = json.loads((args.cell / "cli.json").read_text())
     search, history = stage_history(args.cell)
     wanted = {int(s) for s in args.steps.split(",")} if args.steps else None
     prompts = [(0, history[0]["prompt_before"], None)] + [
@@ -51,15 +49,7 @@ def main() -> None:
     out = args.out or args.cell / "steps.json"
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     done = {r["after_step"] for r in rows}
-    task = load_task(
-        settings["data"],
-        train=settings["train"],
-        dev=settings["dev"],
-        test=settings["test"],
-        seed=settings["seed"],
-    )
-    lm = local_lm(settings["model"], dtype=settings["dtype"], max_tokens=settings["max_tokens"])
-    dspy.configure(lm=lm, adapter=ForcedExtractionAdapter())
+    _, task, _, _ = cell_task(args.cell)
     selection = task.splits.train[: search["num_examples"]]
     for step, text, search_score in prompts:
         if step in done:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import git_commit
+from common import cell_task, git_commit
 
 
 def auc(wrong: list[float], right: list[float]) -> float | None:
@@ -37,22 +37,12 @@ def auc(wrong: list[float], right: list[float]) -> float | None:
 def measure(cell: Path, threads: int) -> list[dict[str, Any]]:
     import dspy
 
-    from dspy_greater import ForcedExtractionAdapter, load_task, local_lm, resolve_model
+    from dspy_greater import resolve_model
     from dspy_greater.engines.hf import shared_gradient_model
     from dspy_greater.renderers import AdapterRenderer
 
-    settings = json.loads((cell / "cli.json").read_text())
+    settings, task, lm, adapter = cell_task(cell)
     result = json.loads((cell / "result.json").read_text())
-    task = load_task(
-        settings["data"],
-        train=settings["train"],
-        dev=settings["dev"],
-        test=settings["test"],
-        seed=settings["seed"],
-    )
-    lm = local_lm(settings["model"], dtype=settings["dtype"], max_tokens=settings["max_tokens"])
-    adapter = ForcedExtractionAdapter()
-    dspy.configure(lm=lm, adapter=adapter)
     model = shared_gradient_model(resolve_model(settings["model"]), dtype=settings["dtype"])
     prompts = {"start": settings["instructions"], "result": result["instructions"]["predict"]}
     rows = []
