@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 import time
 
 import pytest
@@ -125,6 +127,47 @@ def test_a_start_that_hangs_is_stopped(smollm2):
         VLLMReasoner(smollm2, max_model_len=640, start_timeout=2)  # its own engine: a new start
     assert time.monotonic() - started < 60
     assert _engines_settle_to(before)  # the half-started engine's processes are gone
+
+
+# An engine whose process dies while vLLM reports the failure itself, and a watcher that is
+# still killing the engine's processes when vLLM's error ends the start (CI once saw this: the
+# watcher's signal came after the start had returned and ended the process, exit -10).
+LATE_WATCHER = """
+import multiprocessing, threading, time, types
+from dspy_greater.engines import vllm_engine
+
+kill = vllm_engine._kill
+def kill_slowly(processes):
+    if threading.current_thread().name == "dspy-greater-vllm-start":
+        time.sleep(2)
+    kill(processes)
+vllm_engine._kill = kill_slowly
+
+class LLM:
+    def __init__(self, path, **kwargs):
+        engine = multiprocessing.Process(target=time.sleep, args=(1,))
+        engine.start()
+        while engine.exitcode is None:
+            time.sleep(0.05)
+        time.sleep(1)  # the watcher has seen the exit and is killing
+        raise RuntimeError("Engine core initialization failed")
+
+try:
+    vllm_engine._start_engine(types.SimpleNamespace(LLM=LLM), "model", 60)
+except vllm_engine.EngineStartFailed as failed:
+    print("failed:", failed)
+time.sleep(3)  # a signal from the watcher would come in here
+print("still running")
+"""
+
+
+def test_a_watcher_that_is_late_cannot_end_the_process():
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_WATCHER], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "still running" in done.stdout
+    assert "did not start (RuntimeError: Engine core initialization failed)" in done.stdout
 
 
 def _session_engines() -> list[int]:

@@ -137,10 +137,15 @@ def _start_engine(vllm: Any, path: str, start_timeout: float, **kwargs: Any) -> 
     ours = set(multiprocessing.active_children())
     spawned: set[Any] = set()
     started, failed = threading.Event(), threading.Event()
+    signalled, handled = threading.Event(), threading.Event()
+    # The watcher signals only while it holds this lock and the start has not ended; the start
+    # ends by setting `started` under it. So no signal can come after the wait has ended.
+    lock = threading.Lock()
     deadline = time.monotonic() + start_timeout
     waiting = threading.current_thread()
 
     def interrupted(signum: int, frame: Any) -> None:  # runs in the waiting (main) thread
+        handled.set()
         if not started.is_set():  # a signal that arrives late is ignored
             raise _StartInterrupted
 
@@ -152,16 +157,28 @@ def _start_engine(vllm: Any, path: str, start_timeout: float, **kwargs: Any) -> 
         while not started.wait(0.5):
             spawned.update(set(multiprocessing.active_children()) - ours)
             if any(p.exitcode is not None for p in spawned) or time.monotonic() > deadline:
-                failed.set()
-                _kill(spawned | (set(multiprocessing.active_children()) - ours))
-                if previous is not None and waiting.ident is not None:
-                    signal.pthread_kill(waiting.ident, signal.SIGUSR1)  # ends vLLM's wait
+                with lock:
+                    if started.is_set():
+                        return
+                    failed.set()
+                    _kill(spawned | (set(multiprocessing.active_children()) - ours))
+                    if previous is not None and waiting.ident is not None:
+                        signalled.set()
+                        signal.pthread_kill(waiting.ident, signal.SIGUSR1)  # ends vLLM's wait
+                return
 
-    threading.Thread(target=watch, name="dspy-greater-vllm-start", daemon=True).start()
+    watcher = threading.Thread(target=watch, name="dspy-greater-vllm-start", daemon=True)
+    watcher.start()
     try:
-        return vllm.LLM(path, **kwargs)
+        try:
+            return vllm.LLM(path, **kwargs)
+        finally:
+            with lock:  # waits for a watcher that is killing the engine; its signal may end it
+                started.set()
     except BaseException as exc:
-        started.set()
+        started.set()  # also when the watcher's signal interrupted the line above
+        if isinstance(exc, _StartInterrupted) and isinstance(exc.__context__, Exception):
+            exc = exc.__context__  # vLLM had failed on its own before the signal came
         _kill(spawned | (set(multiprocessing.active_children()) - ours))
         timed_out = failed.is_set() and time.monotonic() > deadline
         if timed_out:  # whichever error vLLM raised when its processes were killed
@@ -185,7 +202,10 @@ def _start_engine(vllm: Any, path: str, start_timeout: float, **kwargs: Any) -> 
         ) from exc
     finally:
         started.set()
+        watcher.join()
         if previous is not None:
+            if signalled.is_set():  # its handler must have run before the default returns:
+                handled.wait(10)  # the default for SIGUSR1 ends the process
             signal.signal(signal.SIGUSR1, previous)
 
 
