@@ -466,7 +466,10 @@ def _optimize(args: argparse.Namespace) -> int:
 
     dev = task.splits.dev
     scores = {}
-    if dev:
+    validated = _validated_on_dev(compiled)
+    if dev and validated is not None:
+        scores = {"dev_start": validated[0], "dev_result": validated[1]}
+    elif dev:
         # --no-cache keeps the optimizer's cost its own; scores may reuse cached answers (the
         # start's dev score is the same in every run on a task, greedy answers are the same).
         lm.cache = True
@@ -493,13 +496,25 @@ def _optimize(args: argparse.Namespace) -> int:
     for name, text in result["instructions"].items():
         print(f"  {name}: {text!r}")
     if scores:
+        source = " (GReaTer's validation scores)" if validated is not None else ""
         print(
             f"  dev ({len(dev)}): start {scores['dev_start']:.3f} -> result "
-            f"{scores['dev_result']:.3f}"
+            f"{scores['dev_result']:.3f}{source}"
         )
     print(f"  wrote {folder / 'program.json'}")
     _note_truncation(reasoner, counts)
     return 0
+
+
+def _validated_on_dev(compiled: Any) -> tuple[float, float] | None:
+    """GReaTer validated on the dev split (the CLI gives it as the valset) and scored the start
+    and its result there: those are the dev scores, without a second pass over dev (minutes a
+    pass on a 1.5B model)."""
+    run = getattr(compiled, "greater_run", None)
+    if run is None or run.validation_from_trainset:
+        return None
+    scores: tuple[float, float] | None = run.validation_of_start_and_result()
+    return scores
 
 
 def _note_truncation(reasoner: Any, since: tuple[int, int]) -> None:

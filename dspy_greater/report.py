@@ -64,6 +64,15 @@ class GReaTerRun:
             )
         return self.stages[-1]
 
+    def validation_of_start_and_result(self) -> tuple[float, float] | None:
+        """The whole program's validation score at the start and at the end, from the scores the
+        run took (the first stage scored the start, the last one the program it returned);
+        None where either was not scored (a skipped stage)."""
+        first, last = self.stages[0], self.stages[-1]
+        start = first.validation.get(first.start_instructions)
+        result = last.validation.get(last.instructions)
+        return None if start is None or result is None else (start, result)
+
     predictor = property(lambda self: self.only_stage.predictor)
     start_instructions = property(lambda self: self.only_stage.start_instructions)
     instructions = property(lambda self: self.only_stage.instructions)

@@ -238,6 +238,10 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings, vl
     assert instructions in (run / "program.json").read_text()
     validated = json.loads((run / "greater" / "validation.json").read_text())
     assert len(validated) <= 2, validated  # the start and keep_top=1 prompt
+    # the dev split was GReaTer's valset: its scores are the dev scores, not scored a second time
+    assert "(GReaTer's validation scores)" in resumed.stdout, said
+    assert result["dev_result"] == validated[json.dumps(result["instructions"], sort_keys=True)]
+    assert result["dev_start"] in validated.values(), (result, validated)
 
     assert run_main("evaluate", "--program", str(run / "program.json")) == 0
     out = json.loads((run / "evaluate-test-embedded.json").read_text())
