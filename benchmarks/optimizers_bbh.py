@@ -61,6 +61,7 @@ VARIANTS = {
         *["--search", "keep_current=true", "--search", "selection_loss_weight=1.0"],
     ],
     "greater-24": [*BUDGETS["greater"], "--train", "24", "--search", "num_examples=24"],
+    "greater-after-inputs": [*BUDGETS["greater"], "--placement", "after_inputs"],
 }
 OPTIONS = {**BUDGETS, **VARIANTS}
 NAMES = {
@@ -71,6 +72,7 @@ NAMES = {
     "gepa": "GEPA",
     "greater-keep-loss": "GReaTer keep + loss",
     "greater-24": "GReaTer 24 examples",
+    "greater-after-inputs": "GReaTer after the inputs",
 }
 
 

@@ -33,7 +33,11 @@ from .search import PAPER_PROMPT, GreaterConfig
 
 SETTINGS = "cli.json"  # what `optimize` was asked to do: a resumed run must ask the same
 # Settings added since the first release, as runs that did not store them had them.
-SETTINGS_BEFORE_THEY_WERE_KEPT: dict[str, Any] = {"dtype": "float32", "search": {}}
+SETTINGS_BEFORE_THEY_WERE_KEPT: dict[str, Any] = {
+    "dtype": "float32",
+    "search": {},
+    "placement": "system",
+}
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 DEFAULT_MAX_TOKENS = 128
 
@@ -192,6 +196,13 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
     )
     parser.add_argument("--device", default="cpu", help="device of the gradient model (cpu, cuda)")
     parser.add_argument(
+        "--placement",
+        choices=("system", "after_inputs"),
+        default=None,
+        help="where the instructions go: DSPy's system message, or after the inputs in the "
+        "last user message, as the paper places its prompt (default: system; evaluate: the run's)",
+    )
+    parser.add_argument(
         "--train",
         type=_positive,
         default=None,
@@ -305,7 +316,7 @@ def _lm(settings: dict[str, Any]) -> tuple[Any, Any]:
         max_tokens=settings["max_tokens"],
         cache=not settings["no_cache"],
     )
-    dspy.configure(lm=lm, adapter=ForcedExtractionAdapter())
+    dspy.configure(lm=lm, adapter=ForcedExtractionAdapter(instructions=settings["placement"]))
     return lm, local_reasoner(lm)
 
 
@@ -383,6 +394,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "test",
         "max_tokens",
         "no_cache",
+        "placement",
         "instructions",
         "budget",
         "steps",
@@ -402,6 +414,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError as exc:
             raise CliError(f"--search: {exc}") from None
     settings["max_tokens"] = settings["max_tokens"] or DEFAULT_MAX_TOKENS
+    settings["placement"] = settings["placement"] or "system"
     settings["dtype"] = settings["dtype"] or registered_dtype(settings["model"])
     if settings["model"] is not None and settings["model"] not in EMBEDDED_MODELS:
         settings["model"] = str(Path(settings["model"]).resolve())
@@ -550,6 +563,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         max_tokens=args.max_tokens or stored.get("max_tokens", DEFAULT_MAX_TOKENS),
         no_cache=args.no_cache,
+        placement=args.placement or stored.get("placement", "system"),
     )
     model_name = Path(args.model).name if args.model else "embedded"
     out = args.out or path.parent / f"evaluate-{args.split}-{model_name}.json"
@@ -573,6 +587,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "split": args.split,
         "n": len(examples),
         "model": args.model or "embedded",
+        "placement": settings["placement"],
         "accuracy": score,
         "standard_error": standard_error(score, len(examples)),
         "majority": majority_class_rate(examples),

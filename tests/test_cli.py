@@ -346,6 +346,29 @@ def test_evaluate_on_another_model(tiny_model, tmp_path, capsys, restore_dspy_se
     assert out["generations"] >= 4  # the tiny model itself answered
 
 
+def test_the_placement_is_kept_with_the_run(tiny_model, tmp_path, capsys, restore_dspy_settings):
+    """--placement after_inputs puts the instructions after the question (the paper's place), is
+    kept in cli.json, and `evaluate` scores the saved program where the run placed them."""
+    run = tmp_path / "run"
+    tiny = ["--model", str(tiny_model), "--backend", "hf", "--max-tokens", "8", "--no-cache"]
+    code = run_main(
+        "optimize",
+        *TINY_RUN,
+        *tiny,
+        *("--optimizer", "none", "--placement", "after_inputs", "--run-dir", str(run)),
+        *("--instructions", "Be brief."),
+    )
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert json.loads((run / "cli.json").read_text())["placement"] == "after_inputs"
+    code = run_main("evaluate", "--program", str(run), *tiny, "--split", "dev")
+    assert code == 0, capsys.readouterr().err[-3000:]
+    out = json.loads((run / f"evaluate-dev-{tiny_model.name}.json").read_text())
+    assert out["placement"] == "after_inputs" and out["n"] == 4
+    messages = dspy.settings.lm.history[-1]["messages"]  # the last question evaluate asked
+    system, user = messages[0]["content"], messages[-1]["content"]
+    assert "Be brief." in user and "Be brief." not in system
+
+
 @pytest.mark.parametrize(
     "content, says",
     [
