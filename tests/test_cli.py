@@ -365,7 +365,8 @@ def test_the_placement_is_kept_with_the_run(tiny_model, tmp_path, capsys, restor
     out = json.loads((run / f"evaluate-dev-{tiny_model.name}.json").read_text())
     assert out["placement"] == "after_inputs" and out["n"] == 4
     messages = dspy.settings.lm.history[-1]["messages"]  # the last question evaluate asked
-    system, user = messages[0]["content"], messages[-1]["content"]
+    system = messages[0]["content"]
+    user = [m["content"] for m in messages if m["role"] == "user"][-1]  # then the assistant prefix
     assert "Be brief." in user and "Be brief." not in system
 
 
