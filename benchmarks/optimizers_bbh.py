@@ -105,6 +105,9 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, A
         name = VARIANTS[optimizer][0] if optimizer in VARIANTS else optimizer
         optimize = ["optimize", *common, "--optimizer", name, *OPTIONS[optimizer]]
         code = cli.main([*optimize, "--run-dir", str(folder), "--no-cache", *resume])
+        if code in (cli.EXIT_INTERRUPTED, cli.EXIT_TERMINATED):
+            # stopped, and its engine with it: a next cell would score every question as failed
+            raise SystemExit(code)
         if code != 0:
             logging.error("%s/%s: optimize exited %d", task, optimizer, code)
             return None
