@@ -7,6 +7,7 @@ inside the package (see :func:`shipped_bbh_tasks`); any other file is loaded fro
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -18,6 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dspy
+
+from .errors import EvaluationFailed
+
+logger = logging.getLogger(__name__)
 
 INPUT_FIELD = "question"
 ANSWER_FIELD = "answer"
@@ -173,15 +178,38 @@ def accuracy(
     num_threads: int = 32,
     progress: bool = False,
 ) -> float:
-    """The program's accuracy on ``examples`` (``dspy.Evaluate``): an example that fails counts as
-    wrong and never stops the evaluation."""
+    """The program's accuracy on ``examples`` (``dspy.Evaluate``). An example whose call raises
+    counts as wrong and never stops the evaluation; a warning says how many did. If every one
+    raises (a stopped server, an engine that died) there is nothing measured, and
+    :class:`EvaluationFailed` says so instead of reporting 0."""
+    errors: list[Exception] = []  # list.append is atomic: Evaluate calls from its threads
+
+    def run(**inputs: Any) -> Any:
+        try:
+            return program(**inputs)
+        except Exception as exc:
+            errors.append(exc)
+            raise
+
     result = dspy.Evaluate(
         devset=list(examples),
         metric=metric,
         num_threads=num_threads,
         display_progress=progress,
         max_errors=len(examples) + 1,
-    )(program)
+    )(run)
+    if errors and len(errors) == len(examples):
+        raise EvaluationFailed(
+            f"All {len(examples)} examples failed, so there is no accuracy to report; the "
+            f"first with {type(errors[0]).__name__}: {errors[0]}. Check that the model "
+            "answers (its server is up, its engine started) and evaluate again."
+        )
+    if errors:
+        logger.warning(
+            "%d of %d examples failed and count as wrong (their errors are logged above).",
+            len(errors),
+            len(examples),
+        )
     return result.score / 100
 
 
