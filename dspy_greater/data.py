@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -182,35 +183,44 @@ def accuracy(
     counts as wrong and never stops the evaluation; a warning says how many did. If every one
     raises (a stopped server, an engine that died) there is nothing measured, and
     :class:`EvaluationFailed` says so instead of reporting 0."""
-    errors: list[Exception] = []  # list.append is atomic: Evaluate calls from its threads
+    if not examples:
+        raise ValueError("accuracy needs at least one example.")
+    answered: list[Any] = []  # the predictions the program returned (list.append is atomic)
+    errors: list[Exception] = []
 
     def run(**inputs: Any) -> Any:
         try:
-            return program(**inputs)
+            answered.append(program(**inputs))
         except Exception as exc:
             errors.append(exc)
             raise
+        return answered[-1]
 
     result = dspy.Evaluate(
         devset=list(examples),
         metric=metric,
         num_threads=num_threads,
         display_progress=progress,
-        max_errors=len(examples) + 1,
+        max_errors=sys.maxsize,  # never stop: a failed example counts as wrong
     )(run)
-    if errors and len(errors) == len(examples):
+    # An example failed when its prediction is not one the program returned: its call or the
+    # metric raised (Evaluate may rerun a straggler, so the errors are not one per example).
+    returned = {id(prediction) for prediction in answered}
+    failed = sum(id(prediction) not in returned for _, prediction, _ in result.results)
+    if failed == len(examples):
+        first = f"; the first with {type(errors[0]).__name__}: {errors[0]}" if errors else ""
         raise EvaluationFailed(
-            f"All {len(examples)} examples failed, so there is no accuracy to report; the "
-            f"first with {type(errors[0]).__name__}: {errors[0]}. Check that the model "
-            "answers (its server is up, its engine started) and evaluate again."
+            f"All {len(examples)} examples failed, so there is no accuracy to report{first}. "
+            "Check that the model answers (its server is up, its engine started) and evaluate "
+            "again."
         )
-    if errors:
+    if failed:
         logger.warning(
             "%d of %d examples failed and count as wrong (their errors are logged above).",
-            len(errors),
+            failed,
             len(examples),
         )
-    return result.score / 100
+    return sum(score for _, _, score in result.results) / len(examples)  # Evaluate's is rounded
 
 
 def standard_error(accuracy: float, n: int) -> float:
