@@ -35,6 +35,7 @@ _LAZY = {
     "gsm8k_metric": "loaders",
     "folio_metric": "loaders",
     "GreaterError": "errors",
+    "EvaluationFailed": "errors",
     "ForcedExtractionAdapter": "adapter",
     "AdapterRenderer": "renderers",
     "ChatTemplateRenderer": "renderers",
@@ -70,6 +71,7 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _LAZY)
     "gsm8k_metric",
     "folio_metric",
     "GreaterError",
+    "EvaluationFailed",
     "ForcedExtractionAdapter",
     "AdapterRenderer",
     "ChatTemplateRenderer",
@@ -98,7 +100,7 @@ if TYPE_CHECKING:
         split,
         standard_error,
     )
-    from .errors import GreaterError
+    from .errors import EvaluationFailed, GreaterError
     from .lm import local_lm
     from .loaders import Task, folio_metric, gsm8k_metric, load_folio, load_gsm8k, load_task
     from .models import cache_dir, default_model, embedded_model, resolve_model

@@ -36,10 +36,11 @@ SETTINGS = "cli.json"  # what `optimize` was asked to do: a resumed run must ask
 SETTINGS_BEFORE_THEY_WERE_KEPT: dict[str, Any] = {
     "dtype": "float32",
     "search": {},
-    "placement": "system",
+    "placement": "system",  # the only placement before --placement (not DEFAULT_PLACEMENT)
 }
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 DEFAULT_MAX_TOKENS = 128
+DEFAULT_PLACEMENT = "system"  # DSPy's own: the instructions in the system message
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +415,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError as exc:
             raise CliError(f"--search: {exc}") from None
     settings["max_tokens"] = settings["max_tokens"] or DEFAULT_MAX_TOKENS
-    settings["placement"] = settings["placement"] or "system"
+    settings["placement"] = settings["placement"] or DEFAULT_PLACEMENT
     settings["dtype"] = settings["dtype"] or registered_dtype(settings["model"])
     if settings["model"] is not None and settings["model"] not in EMBEDDED_MODELS:
         settings["model"] = str(Path(settings["model"]).resolve())
@@ -563,7 +564,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         max_tokens=args.max_tokens or stored.get("max_tokens", DEFAULT_MAX_TOKENS),
         no_cache=args.no_cache,
-        placement=args.placement or stored.get("placement", "system"),
+        placement=args.placement or stored.get("placement", DEFAULT_PLACEMENT),
     )
     model_name = Path(args.model).name if args.model else "embedded"
     out = args.out or path.parent / f"evaluate-{args.split}-{model_name}.json"

@@ -7,9 +7,11 @@ inside the package (see :func:`shipped_bbh_tasks`); any other file is loaded fro
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dspy
+
+from .errors import EvaluationFailed
+
+logger = logging.getLogger(__name__)
 
 INPUT_FIELD = "question"
 ANSWER_FIELD = "answer"
@@ -173,16 +179,48 @@ def accuracy(
     num_threads: int = 32,
     progress: bool = False,
 ) -> float:
-    """The program's accuracy on ``examples`` (``dspy.Evaluate``): an example that fails counts as
-    wrong and never stops the evaluation."""
+    """The program's accuracy on ``examples`` (``dspy.Evaluate``). An example whose call raises
+    counts as wrong and never stops the evaluation; a warning says how many did. If every one
+    raises (a stopped server, an engine that died) there is nothing measured, and
+    :class:`EvaluationFailed` says so instead of reporting 0."""
+    if not examples:
+        raise ValueError("accuracy needs at least one example.")
+    answered: list[Any] = []  # the predictions the program returned (list.append is atomic)
+    errors: list[Exception] = []
+
+    def run(**inputs: Any) -> Any:
+        try:
+            answered.append(program(**inputs))
+        except Exception as exc:
+            errors.append(exc)
+            raise
+        return answered[-1]
+
     result = dspy.Evaluate(
         devset=list(examples),
         metric=metric,
         num_threads=num_threads,
         display_progress=progress,
-        max_errors=len(examples) + 1,
-    )(program)
-    return result.score / 100
+        max_errors=sys.maxsize,  # never stop: a failed example counts as wrong
+    )(run)
+    # An example failed when its prediction is not one the program returned: its call or the
+    # metric raised (Evaluate may rerun a straggler, so the errors are not one per example).
+    returned = {id(prediction) for prediction in answered}
+    failed = sum(id(prediction) not in returned for _, prediction, _ in result.results)
+    if failed == len(examples):
+        first = f"; the first with {type(errors[0]).__name__}: {errors[0]}" if errors else ""
+        raise EvaluationFailed(
+            f"All {len(examples)} examples failed, so there is no accuracy to report{first}. "
+            "Check that the model answers (its server is up, its engine started) and evaluate "
+            "again."
+        )
+    if failed:
+        logger.warning(
+            "%d of %d examples failed and count as wrong (their errors are logged above).",
+            failed,
+            len(examples),
+        )
+    return sum(score for _, _, score in result.results) / len(examples)  # Evaluate's is rounded
 
 
 def standard_error(accuracy: float, n: int) -> float:

@@ -35,3 +35,7 @@ class ContextTooLong(GreaterError, ValueError):
 
 class EngineStartFailed(GreaterError, RuntimeError):
     """The local vLLM engine could not start."""
+
+
+class EvaluationFailed(GreaterError, RuntimeError):
+    """Every example of an evaluation failed, so there is no accuracy to report."""

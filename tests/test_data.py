@@ -117,3 +117,47 @@ def test_bbh_program_types_a_closed_answer_set_only():
         dspy_greater.bbh_program(open_ended).predict.signature.output_fields["answer"].annotation
         is str
     )
+
+
+def test_a_failed_example_counts_as_wrong_and_is_counted_aloud(vllm_reasoner, caplog):
+    """A question too long for the engine's context fails (ContextTooLong): the others are still
+    scored, it counts as wrong, and a warning says how many failed. The metric counts every
+    answer right, so that the score tells answered from failed whatever the model answers."""
+    from dspy_greater.adapter import ForcedExtractionAdapter
+    from dspy_greater.lm import local_lm
+    from dspy_greater.loaders import load_task
+
+    task = load_task("sports_understanding", dev=2)
+    answerable = list(task.splits.dev)
+    too_long = answerable[0].copy(question="Is this plausible? " * 1500)
+    lm = local_lm(reasoner=vllm_reasoner, max_tokens=16, cache=False)
+    program = task.program()
+
+    def answered(example, prediction, trace=None):
+        return True
+
+    with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
+        with caplog.at_level("WARNING", logger="dspy_greater.data"):
+            score = data.accuracy(program, [*answerable, too_long], answered, num_threads=1)
+    assert "1 of 3 examples failed and count as wrong" in caplog.text
+    assert score == pytest.approx(2 / 3)
+
+
+def test_an_evaluation_where_every_call_failed_is_an_error_not_zero():
+    """A stopped server (or a dead engine) fails every call: that is no accuracy of 0, and the
+    error names the first failure and what to check."""
+    from dspy_greater.engines.vllm_server import free_port
+    from dspy_greater.loaders import load_task
+
+    task = load_task("sports_understanding", dev=3)
+    nowhere = dspy.LM(
+        "hosted_vllm/gone",
+        api_base=f"http://127.0.0.1:{free_port()}/v1",
+        api_key="none",
+        cache=False,
+        num_retries=0,
+    )
+    with dspy.context(lm=nowhere), pytest.raises(dspy_greater.EvaluationFailed) as failed:
+        data.accuracy(task.program(), task.splits.dev, task.metric, num_threads=3)
+    assert "All 3 examples failed" in str(failed.value)
+    assert "Connection" in str(failed.value) and "server is up" in str(failed.value)
