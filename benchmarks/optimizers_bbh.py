@@ -14,8 +14,9 @@ folder exists resumes (GReaTer and GEPA where they stopped, the others from the 
 written as each cell finishes, with the commit and the CPU; the cells still to run are printed
 with the Markdown table (accuracy ± standard error, majority-class rate, wall time, generations).
 
-    python benchmarks/optimizers_bbh.py --model qwen2.5-coder-1.5b [--tasks gsm8k,...]
-        [--optimizers none,greater,...] [--out benchmarks/results/optimizers_MODEL.json]
+    python benchmarks/optimizers_bbh.py --model qwen2.5-coder-1.5b [--dtype float32]
+        [--tasks gsm8k,...] [--optimizers none,greater,...]
+        [--out benchmarks/results/optimizers_MODEL.json]
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def data_path(task: str) -> str:
 
 def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, Any] | None:
     folder = Path(args.run_root) / task / optimizer
+    # the engine each cell optimizes and is scored with (the same dtype for both)
     model = ["--model", args.model] if args.model else []
+    model += ["--dtype", args.dtype] if args.dtype else []
     common = [
         *["--data", data_path(task), "--train", str(args.train), "--dev", str(args.dev)],
         *["--test", str(args.test), "--seed", str(args.seed)],
@@ -197,6 +200,12 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=50)
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="the engines' dtype (default: the model's on this CPU); a row's cells should share "
+        "it, and a run folder resumes only in its own",
+    )
     parser.add_argument("--max-tokens", type=int, default=128)
     # DSPy's parallel calls: 48 scored 50 questions 1.10x faster than 16 (Qwen, AVX2)
     parser.add_argument("--threads", type=int, default=48)
