@@ -190,11 +190,12 @@ def accuracy(
 
     def run(**inputs: Any) -> Any:
         try:
-            answered.append(program(**inputs))
+            prediction = program(**inputs)
         except Exception as exc:
             errors.append(exc)
             raise
-        return answered[-1]
+        answered.append(prediction)
+        return prediction  # not answered[-1]: another thread may have appended since
 
     result = dspy.Evaluate(
         devset=list(examples),
