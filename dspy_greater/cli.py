@@ -179,13 +179,14 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
         default=None,
         help="a Hugging Face model folder, or an embedded model's name: "
         + ", ".join(EMBEDDED_MODELS)
-        + f" (default: {DEFAULT_MODEL})",
+        + (f" (default: {DEFAULT_MODEL})" if required else " (default: the run's)"),
     )
     parser.add_argument(
         "--backend",
         choices=("auto", "vllm", "hf"),
-        default="auto",
-        help="reasoner engine (auto: vLLM when installed)",
+        default="auto" if required else None,  # evaluate: the run's
+        help="reasoner engine (auto: vLLM when installed)"
+        + ("" if required else "; default: the run's, on its model"),
     )
     parser.add_argument(
         "--dtype",
@@ -193,7 +194,8 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
         default=None,
         help="both engines' dtype (default: an embedded model's registered one "
         "(qwen2.5-coder-1.5b: bfloat16, float32 on a CPU without AVX-512), float32 for a "
-        "folder); a gradient model of bfloat16 weights computes in float32 where bfloat16 is slow",
+        "folder; evaluate: the run's, on its model); a gradient model of bfloat16 weights "
+        "computes in float32 where bfloat16 is slow",
     )
     parser.add_argument("--device", default="cpu", help="device of the gradient model (cpu, cuda)")
     parser.add_argument(
@@ -557,16 +559,23 @@ def _evaluate(args: argparse.Namespace) -> int:
         settings[key] = getattr(args, key) or stored.get(key)
     if settings["data"] is None:
         raise CliError(f"Which data? {path.parent} has no {SETTINGS}; pass --data.")
+    # the run's model, engine and dtype unless --model names another (transfer): its dev scores
+    # were measured on them
+    model = args.model
+    if model is not None and model not in EMBEDDED_MODELS and Path(model).is_dir():
+        model = str(Path(model).resolve())
+    run = stored if model is None or model == stored.get("model") else {}
+    model = model or run.get("model")
     settings.update(
-        model=args.model,
-        backend=args.backend,
-        dtype=args.dtype or registered_dtype(args.model),
+        model=model,
+        backend=args.backend or run.get("backend", "auto"),
+        dtype=args.dtype or run.get("dtype") or registered_dtype(model),
         device=args.device,
         max_tokens=args.max_tokens or stored.get("max_tokens", DEFAULT_MAX_TOKENS),
         no_cache=args.no_cache,
         placement=args.placement or stored.get("placement", DEFAULT_PLACEMENT),
     )
-    model_name = Path(args.model).name if args.model else "embedded"
+    model_name = Path(model).name if model else "embedded"
     out = args.out or path.parent / f"evaluate-{args.split}-{model_name}.json"
     if out.is_dir():
         raise CliError(f"--out {out} is a folder; give the path of a JSON file to write.")
@@ -587,7 +596,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         "protocol": task.protocol,
         "split": args.split,
         "n": len(examples),
-        "model": args.model or "embedded",
+        "model": model or "embedded",
+        "backend": settings["backend"],
+        "dtype": settings["dtype"],
         "placement": settings["placement"],
         "accuracy": score,
         "standard_error": standard_error(score, len(examples)),
@@ -645,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args)
     except BaseException as exc:
         if sigterm.received or isinstance(exc, KeyboardInterrupt):
+            lm = sys.modules.get("dspy_greater.lm")  # not imported: no call to end
+            if lm is not None:  # DSPy's threads would generate on, and Python wait for them
+                lm.cancel_local_calls()
             print("\nInterrupted. Continue with the same command and --resume.", file=sys.stderr)
             return EXIT_TERMINATED if sigterm.received else EXIT_INTERRUPTED
         if not isinstance(exc, (CliError, GreaterError)):

@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import uuid
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +49,14 @@ class _Request:
     schema: str | None  # a JSON schema (serialized) the completion must follow
     temperature: float
     future: Future
+
+
+# Marks where LocalEngine.cancel() was called in the engine's queue: the calls before it end.
+_CANCEL = _Request(ids=[], max_tokens=0, stop=(), schema=None, temperature=0.0, future=Future())
+
+
+def _interrupted() -> KeyboardInterrupt:
+    return KeyboardInterrupt("the call was cancelled (LocalEngine.cancel, on Ctrl-C)")
 
 
 class LocalEngine:
@@ -94,6 +103,7 @@ class LocalEngine:
         self._jobs: queue.Queue[_Request] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="dspy-greater-engine", daemon=True)
         self._worker.start()
+        _ENGINES.add(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LocalEngine:
         return self
@@ -133,6 +143,13 @@ class LocalEngine:
 
     def close(self) -> None:
         """Nothing to release here: the model belongs to the reasoner, shared by its users."""
+
+    def cancel(self) -> None:
+        """End every call made so far that has not returned: each raises ``KeyboardInterrupt``
+        in its thread, and its vLLM request ends. Later calls run as usual. For Ctrl-C: DSPy's
+        worker threads would otherwise generate on, and Python waits for them before it exits.
+        (Without continuous batching, a batch already generating finishes first.)"""
+        self._jobs.put(_CANCEL)
 
     # -- batching ------------------------------------------------------------------------
     def _wait(self, future: Future) -> Completion:
@@ -183,6 +200,9 @@ class LocalEngine:
         late one waits one model step, not for a whole batch."""
         arrived = [] if self._in_flight else [self._jobs.get()]  # idle: wait for work
         for job in [*arrived, *self._waiting()]:
+            if job is _CANCEL:  # the jobs before it are in flight now
+                self._fail_in_flight(_interrupted())
+                continue
             try:
                 request_id = self.reasoner.submit(  # type: ignore[attr-defined]
                     job.ids, max_new_tokens=job.max_tokens, stop=job.stop, **_options(job)
@@ -224,6 +244,12 @@ class LocalEngine:
         return jobs
 
     def _run_batch(self, jobs: list[_Request]) -> None:
+        cancelled = [i for i, job in enumerate(jobs) if job is _CANCEL]
+        if cancelled:  # the jobs before the last cancel end; those after it run
+            for job in jobs[: cancelled[-1]]:
+                if job is not _CANCEL:
+                    job.future.set_exception(_interrupted())
+            jobs = jobs[cancelled[-1] + 1 :]
         groups: dict[tuple[int, tuple[str, ...], str | None, float], list[_Request]] = {}
         for job in jobs:
             groups.setdefault((job.max_tokens, job.stop, job.schema, job.temperature), []).append(
@@ -254,6 +280,15 @@ class LocalEngine:
                 raise
             for job, out in zip(group, outs, strict=True):
                 job.future.set_result(out)
+
+
+_ENGINES: weakref.WeakSet[LocalEngine] = weakref.WeakSet()
+
+
+def cancel_local_calls() -> None:
+    """End every call waiting on a local LM (:meth:`LocalEngine.cancel` on each engine)."""
+    for engine in list(_ENGINES):
+        engine.cancel()
 
 
 def _options(job: _Request) -> dict[str, Any]:

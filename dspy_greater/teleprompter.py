@@ -20,6 +20,7 @@ from dspy.teleprompt import Teleprompter
 
 from . import bridge
 from .adapter import ForcedExtractionAdapter
+from .lm import cancel_local_calls
 from .logs import generation_counts, truncation_note
 from .report import GReaTerRun, StageRun, log_summary, plot_scores, stage_json
 from .rundir import RunDir
@@ -233,6 +234,9 @@ class GReaTer(Teleprompter):
                 for name, predictor in stages:
                     start = starts[name] if round_ == 0 else predictor.signature.instructions
                     results.append(optimize_stage(run, name, predictor, round_, start))
+        except KeyboardInterrupt:  # DSPy's scoring threads would generate on in the background
+            cancel_local_calls()
+            raise
         finally:
             store.close()
         store.save_result(

@@ -370,6 +370,21 @@ def test_the_placement_is_kept_with_the_run(tiny_model, tmp_path, capsys, restor
     assert "Be brief." in user and "Be brief." not in system
 
 
+def test_evaluate_defaults_to_the_runs_model_engine_and_dtype(
+    tiny_model, tmp_path, capsys, restore_dspy_settings
+):
+    """Without --model, a program is scored where its run measured it: on the run's model,
+    engine and dtype (evaluate used the default model, in its own default dtype)."""
+    run = tmp_path / "run"
+    on_tiny = ["--model", str(tiny_model), "--backend", "hf", "--dtype", "bfloat16"]
+    optimize = ["optimize", *TINY_RUN, *on_tiny, "--optimizer", "none", "--no-cache"]
+    assert run_main(*optimize, "--run-dir", str(run)) == 0, capsys.readouterr().err[-3000:]
+    code = run_main("evaluate", "--program", str(run), "--split", "dev", "--no-cache")
+    assert code == 0, capsys.readouterr().err[-3000:]
+    out = json.loads((run / f"evaluate-dev-{tiny_model.name}.json").read_text())
+    assert (out["model"], out["backend"], out["dtype"]) == (str(tiny_model), "hf", "bfloat16")
+
+
 @pytest.mark.parametrize(
     "content, says",
     [

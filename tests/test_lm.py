@@ -16,7 +16,7 @@ from dspy_greater.engines import make_reasoner
 from dspy_greater.engines.base import chat_prompt_ids
 from dspy_greater.engines.hf import HFReasoner
 from dspy_greater.errors import GreaterError
-from dspy_greater.lm import LocalEngine, local_lm
+from dspy_greater.lm import LocalEngine, cancel_local_calls, local_lm
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,48 @@ def test_an_interrupted_generate_leaves_no_request_running(vllm_reasoner):
     assert engine.get_num_unfinished_requests() == 0
     [again] = vllm_reasoner.generate([ids], max_new_tokens=4)
     assert len(again.token_ids) == 4
+
+
+def test_cancel_ends_the_calls_of_an_interrupted_evaluate(vllm_reasoner):
+    """Ctrl-C during ``dspy.Evaluate`` on a local LM: DSPy starts no more examples, and
+    ``cancel_local_calls`` ends those generating. Without it they run on in DSPy's threads, and
+    Python waits for those threads before it exits (the CLI hung for minutes)."""
+    lm = local_lm(reasoner=vllm_reasoner, cache=False)
+    started: list[str] = []
+    ended: list[str] = []
+
+    class Count(dspy.Module):
+        def forward(self, start: str) -> dspy.Prediction:
+            started.append(start)
+            try:
+                return dspy.Prediction(text=_counting(lm, start, 1024))
+            finally:
+                ended.append(start)
+
+    examples = [
+        dspy.Example(start=f"{i}, {i + 1}, {i + 2},").with_inputs("start") for i in range(8)
+    ]
+    engine = vllm_reasoner.llm.llm_engine
+
+    def interrupt() -> None:
+        _until_generating(engine, len(examples))  # every call is in: none can come after
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    evaluate = dspy.Evaluate(
+        devset=examples, metric=lambda *_: 1.0, num_threads=len(examples), display_progress=False
+    )
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(Count())
+    cancel_local_calls()
+    deadline = time.monotonic() + 60
+    while len(ended) < len(started):
+        assert time.monotonic() < deadline, f"{len(started) - len(ended)} calls still running"
+        time.sleep(0.05)
+    assert len(started) == len(examples)
+    assert not lm.history, "a call ran to its end: it was not cancelled"
+    assert engine.get_num_unfinished_requests() == 0
+    assert _counting(lm, "1, 2, 3,", 4)  # the engine answers the next call
 
 
 def test_continuous_batching_only_where_the_reasoner_can(tiny_model):
