@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,43 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+" if dirty else "")
+
+
+def evaluate_test(
+    folder: Path,
+    make_program: Callable[[], Any],
+    data: str,
+    *,
+    model: str,
+    test: int,
+    threads: int,
+    max_tokens: int = 128,
+    dtype: str | None = None,
+) -> dict[str, Any]:
+    """``dspy-greater evaluate``'s result for the program ``make_program`` builds, on the first
+    ``test`` test questions of ``data`` with ``optimizers_bbh.py``'s splits (12 train, 50 dev).
+    The program and the result go into ``folder``; a result already there is read back without
+    building the program, so that a stopped benchmark continues where it was."""
+    from dspy_greater import cli
+
+    out = folder / "evaluate-test.json"
+    if not out.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        make_program().save(str(folder / "program.json"))
+        splits = ["--train", "12", "--dev", "50", "--test", str(test)]
+        engine = ["--model", model, "--max-tokens", str(max_tokens)]
+        engine += ["--dtype", dtype] if dtype else []
+        code = cli.main(
+            [
+                *["evaluate", "--program", str(folder), "--data", data, *splits, *engine],
+                *["--threads", str(threads), "--out", str(out)],
+            ]
+        )
+        if code in (cli.EXIT_INTERRUPTED, cli.EXIT_TERMINATED):
+            raise SystemExit(code)
+        if code != 0:
+            raise SystemExit(f"{folder}: evaluate exited {code}")
+    return json.loads(out.read_text())
 
 
 def cell_task(cell: Path) -> tuple[dict[str, Any], Any, Any, Any]:

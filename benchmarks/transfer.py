@@ -19,10 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from common import git_commit
+from common import evaluate_test, git_commit
 from optimizers_bbh import data_path
-
-from dspy_greater import cli
 
 
 def source_rows(path: Path, tasks: set[str] | None) -> dict[str, dict[str, dict[str, Any]]]:
@@ -43,23 +41,16 @@ def source_rows(path: Path, tasks: set[str] | None) -> dict[str, dict[str, dict[
 
 def score(task: str, text: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The target model's test accuracy on ``task`` with the instructions ``text``."""
-    out = folder / "evaluate-test.json"
-    if not out.exists():
-        from dspy_greater import load_task
+    from dspy_greater import load_task
 
-        folder.mkdir(parents=True, exist_ok=True)
-        load_task(data_path(task)).program(text).save(str(folder / "program.json"))
-        splits = ["--train", "12", "--dev", "50", "--test", str(args.test)]
-        code = cli.main(
-            [
-                *["evaluate", "--program", str(folder), "--data", data_path(task), *splits],
-                *["--model", args.model, "--max-tokens", "128", "--threads", str(args.threads)],
-                *["--out", str(out)],
-            ]
-        )
-        if code != 0:
-            raise SystemExit(f"{task}: evaluate exited {code}")
-    return json.loads(out.read_text())
+    return evaluate_test(
+        folder,
+        lambda: load_task(data_path(task)).program(text),
+        data_path(task),
+        model=args.model,
+        test=args.test,
+        threads=args.threads,
+    )
 
 
 def main() -> None:
