@@ -38,6 +38,12 @@ PROBES: dict[str, tuple[str, int]] = {
         "from them in a few short steps and give the answer.",
         128,
     ),
+    # GSM8K: 97 of 100 start chains ran past 128 tokens; can a terse format fit them in?
+    "equations": (
+        "Solve it with the arithmetic only: one short equation per step, no sentences. Then "
+        "give the final number.",
+        128,
+    ),
     "dspy-default": ("Given the fields `question`, produce the fields `answer`.", 128),
     # the start with what a DSPy user has before any instruction search: up to 4 demos that
     # dspy.BootstrapFewShot keeps from the model's own right answers on the 12 training examples
