@@ -590,6 +590,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     started, counts = time.perf_counter(), generation_counts(reasoner)
     score = accuracy(program, examples, task.metric, num_threads=args.threads, progress=True)
+    generated, cut = (now - before for now, before in zip(generation_counts(reasoner), counts))
     result = {
         "program": str(path),
         "task": task.name,
@@ -604,7 +605,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         "standard_error": standard_error(score, len(examples)),
         "majority": majority_class_rate(examples),
         "seconds": time.perf_counter() - started,
-        "generations": generation_counts(reasoner)[0] - counts[0],
+        "generations": generated,
+        # of those, stopped at the token limit (what DSPy's cache answered is in neither)
+        "generations_cut": cut,
         "instructions": {n: p.signature.instructions for n, p in program.named_predictors()},
     }
     write_json_atomically(out, result)

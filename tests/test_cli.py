@@ -344,6 +344,8 @@ def test_evaluate_on_another_model(tiny_model, tmp_path, capsys, restore_dspy_se
     assert out["model"] == str(tiny_model) and out["n"] == 4 and out["split"] == "dev"
     assert out["instructions"] == {"predict": "Be brief."}
     assert out["generations"] >= 4  # the tiny model itself answered
+    # a random model's reasoning does not end within 8 tokens: every chain is counted as cut
+    assert 4 <= out["generations_cut"] <= out["generations"], out
 
 
 def test_the_placement_is_kept_with_the_run(tiny_model, tmp_path, capsys, restore_dspy_settings):
