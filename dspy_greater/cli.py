@@ -590,7 +590,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     started, counts = time.perf_counter(), generation_counts(reasoner)
     score = accuracy(program, examples, task.metric, num_threads=args.threads, progress=True)
-    generated, cut = (now - before for now, before in zip(generation_counts(reasoner), counts))
+    now = generation_counts(reasoner)
+    generated, cut = now[0] - counts[0], now[1] - counts[1]
     result = {
         "program": str(path),
         "task": task.name,
