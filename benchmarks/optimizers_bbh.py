@@ -54,10 +54,11 @@ BUDGETS = {  # per optimizer; see the README for what each costs on the 1.5B mod
     "miprov2": ["--candidates", "4", "--trials", "6"],
     "gepa": ["--metric-calls", "200"],
 }
+# the instruction DSPy gives a signature that has none
+DSPY_DEFAULT = "Given the fields `question`, produce the fields `answer`."
 # Issue 20's "why" rows, each its own column, run only when named in --optimizers: an optimizer
 # (here GReaTer, or the start) with settings that are not the table's. Later options win, so
 # --train here overrides.
-DSPY_DEFAULT = "Given the fields `question`, produce the fields `answer`."
 VARIANTS = {
     "greater-keep-loss": (
         "greater",

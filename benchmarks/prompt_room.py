@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common import evaluate_test, git_commit
-from optimizers_bbh import data_path
+from optimizers_bbh import DSPY_DEFAULT, data_path
 
 from dspy_greater.search import PAPER_PROMPT
 
@@ -44,7 +44,7 @@ PROBES: dict[str, tuple[str, int]] = {
         "give the final number.",
         128,
     ),
-    "dspy-default": ("Given the fields `question`, produce the fields `answer`.", 128),
+    "dspy-default": (DSPY_DEFAULT, 128),
     # the start with what a DSPy user has before any instruction search: up to 4 demos that
     # dspy.BootstrapFewShot keeps from the model's own right answers on the 12 training examples
     "start+bootstrap-4": (PAPER_PROMPT, 128),
