@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GreaterError  # light: no torch, no DSPy, so `--help` stays fast
-from .logs import configure_logging, generation_counts, truncation_note
+from .logs import configure_logging, generation_counts, generations_since, truncation_note
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, registered_dtype
 from .optimizers import OPTIMIZERS, RESUMABLE, Setup
 from .rundir import write_json_atomically
@@ -590,8 +590,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     started, counts = time.perf_counter(), generation_counts(reasoner)
     score = accuracy(program, examples, task.metric, num_threads=args.threads, progress=True)
-    now = generation_counts(reasoner)
-    generated, cut = now[0] - counts[0], now[1] - counts[1]
+    generated, cut = generations_since(reasoner, counts)
     result = {
         "program": str(path),
         "task": task.name,
