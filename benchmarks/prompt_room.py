@@ -135,6 +135,7 @@ def main() -> None:
                     "majority": result["majority"],
                     "seconds": result["seconds"],
                     "generations": result["generations"],
+                    "generations_cut": result.get("generations_cut"),
                     "demos": demos_in(root / task / name / "program.json"),
                     "commit": git_commit(),
                 }
