@@ -46,7 +46,7 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     from dspy_greater import ForcedExtractionAdapter, GReaTer, GreaterConfig
     from dspy_greater.engines.vllm_engine import VLLMReasoner
     from dspy_greater.lm import local_lm
-    from dspy_greater.logs import generation_counts
+    from dspy_greater.logs import generation_counts, generations_since
     from dspy_greater.models import EMBEDDED_MODELS
 
     options, overrides, environment = VARIANTS[variant]
@@ -67,7 +67,7 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     config = replace(GreaterConfig.budget("light", seed=args.seed), steps=args.steps, **overrides)
     optimizer = GReaTer(metric=dspy_greater.bbh_metric, config=config, progress=False, **options)
     engine_seconds = time.perf_counter() - started
-    generated = generation_counts(reasoner)[0]
+    mark = generation_counts(reasoner)
     looked_up, found = reasoner.prefix_cache_counts() or (0, 0)
     clock = time.perf_counter()
     compiled = optimizer.compile(
@@ -78,7 +78,7 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         resume=True,
     )
     compile_seconds = time.perf_counter() - clock
-    generations = generation_counts(reasoner)[0] - generated
+    generations = generations_since(reasoner, mark)[0]
     # the DSPy calls' batches, or requests in flight per model step when continuous (the search's
     # own generations are not here)
     batches = list(lm.engine.batch_sizes)
