@@ -8,7 +8,7 @@ Scoring goes through DSPy's cache (a start the target's own table already scored
 a pair whose row is in ``--out`` is skipped.
 
     python benchmarks/transfer.py --source benchmarks/results/optimizers_qwen2.5-coder-1.5b.json \
-        --model smollm2-135m [--tasks boolean_expressions,...] [--out FILE]
+        --model smollm2-135m [--tasks boolean_expressions,...] [--dtype float32] [--out FILE]
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def score(task: str, text: str, folder: Path, args: argparse.Namespace) -> dict[
         model=args.model,
         test=args.test,
         threads=args.threads,
+        dtype=args.dtype,
     )
 
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="the target: an embedded model's name")
     parser.add_argument("--tasks", default=None, help="comma-separated (default: all)")
     parser.add_argument("--test", type=int, default=100)
+    parser.add_argument("--dtype", default=None, help="the target's (as its own table ran it)")
     parser.add_argument("--threads", type=int, default=48)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/transfer.json"))
     args = parser.parse_args()
@@ -81,6 +83,7 @@ def main() -> None:
                 "task": task,
                 "source": source_model,
                 "target": args.model,
+                "target_dtype": args.dtype,
                 "instructions": found,
                 "source_start": mine["none"]["test"] if "none" in mine else None,
                 "source_greater": mine["greater"]["test"],
