@@ -79,6 +79,10 @@ VARIANTS = {
     # 0.29; benchmarks/prompt_room.py)
     "greater-dspy-start": ("greater", [*BUDGETS["greater"], "--instructions", DSPY_DEFAULT]),
     "none-dspy-start": ("none", ["--instructions", DSPY_DEFAULT]),
+    # from a program that already holds demos: the ones dspy.BootstrapFewShot keeps from the
+    # model's own right answers on the train split (prompt_room.py's start+bootstrap-4)
+    "greater-bootstrap": ("greater", [*BUDGETS["greater"], "--demos", "4"]),
+    "none-bootstrap": ("none", ["--demos", "4"]),
 }
 OPTIONS = {**BUDGETS, **{name: options for name, (_, options) in VARIANTS.items()}}
 NAMES = {
@@ -93,6 +97,8 @@ NAMES = {
     "none-after-inputs": "start after the inputs",
     "greater-dspy-start": "GReaTer from DSPy's default instruction",
     "none-dspy-start": "DSPy's default instruction",
+    "greater-bootstrap": "GReaTer from the start with bootstrapped demos",
+    "none-bootstrap": "the start with bootstrapped demos",
 }
 
 

@@ -32,11 +32,13 @@ from .rundir import write_json_atomically
 from .search import PAPER_PROMPT, GreaterConfig
 
 SETTINGS = "cli.json"  # what `optimize` was asked to do: a resumed run must ask the same
+START = "start.json"  # the starting program with --demos: a resumed run starts from the same
 # Settings added since the first release, as runs that did not store them had them.
 SETTINGS_BEFORE_THEY_WERE_KEPT: dict[str, Any] = {
     "dtype": "float32",
     "search": {},
     "placement": "system",  # the only placement before --placement (not DEFAULT_PLACEMENT)
+    "demos": 0,
 }
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 DEFAULT_MAX_TOKENS = 128
@@ -103,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--instructions",
         default=PAPER_PROMPT,
         help="starting instructions (default: the paper's starting prompt)",
+    )
+    optimize.add_argument(
+        "--demos",
+        type=_positive,
+        default=None,
+        help="start from the program with up to N demos that dspy.BootstrapFewShot keeps from "
+        "the model's own right answers on the train split, as a DSPy user's program may hold "
+        "before an instruction optimizer (every optimizer starts from it)",
     )
     optimize.add_argument(
         "--budget",
@@ -399,6 +409,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "no_cache",
         "placement",
         "instructions",
+        "demos",
         "budget",
         "steps",
         "candidates",
@@ -416,6 +427,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             GreaterConfig.budget(args.budget, **settings["search"])
         except ValueError as exc:
             raise CliError(f"--search: {exc}") from None
+    settings["demos"] = settings["demos"] or 0
     settings["max_tokens"] = settings["max_tokens"] or DEFAULT_MAX_TOKENS
     settings["placement"] = settings["placement"] or DEFAULT_PLACEMENT
     settings["dtype"] = settings["dtype"] or registered_dtype(settings["model"])
@@ -468,8 +480,8 @@ def _optimize(args: argparse.Namespace) -> int:
         return 0
     lm, reasoner = _lm(settings)
     counts = generation_counts(reasoner)
-    program = task.program(settings["instructions"])
     logger.info("%s: %s", task.name, task.protocol)
+    program = _starting_program(task, settings, folder)
     # GReaTer and GEPA continue where they stopped: count their earlier sessions' cost too.
     carried = args.resume and args.optimizer in RESUMABLE
     setup = Setup(program, task, lm, settings, folder, args.resume, args.threads)
@@ -520,6 +532,34 @@ def _optimize(args: argparse.Namespace) -> int:
     print(f"  wrote {folder / 'program.json'}")
     _note_truncation(reasoner, counts)
     return 0
+
+
+def _starting_program(task: Any, settings: dict[str, Any], folder: Path) -> Any:
+    """The task's program with the starting instructions; with ``--demos``, also the demos
+    ``dspy.BootstrapFewShot`` keeps from the configured model's right answers on the train split,
+    saved in the run folder so that a resumed run starts from the same ones."""
+    program = task.program(settings["instructions"])
+    if not settings["demos"]:
+        return program
+    saved = folder / START
+    if not saved.exists():
+        import dspy
+
+        bootstrap = dspy.BootstrapFewShot(
+            metric=task.metric, max_bootstrapped_demos=settings["demos"], max_labeled_demos=0
+        )
+        program = bootstrap.compile(program, trainset=task.splits.train)
+        program.save(str(saved))
+    else:
+        program.load(str(saved))
+    kept = sum(len(p.demos) for _, p in program.named_predictors())
+    logger.info(
+        "Starting from %d demos of the model's own (BootstrapFewShot, up to %d; %s)",
+        kept,
+        settings["demos"],
+        saved,
+    )
+    return program
 
 
 def _validated_on_dev(compiled: Any) -> tuple[float, float] | None:

@@ -282,6 +282,37 @@ def test_dspy_optimizers_run_on_the_small_model(
     assert (run / "program.json").is_file()
 
 
+def test_demos_bootstrapped_at_the_start_are_kept_resumed_and_evaluated(
+    tmp_path, capsys, restore_dspy_settings
+):
+    """--demos N: the run starts from the demos dspy.BootstrapFewShot keeps from the model's own
+    right answers (saved in start.json), the optimizer's program keeps them, a resumed run starts
+    from the saved ones instead of bootstrapping again, and `evaluate` sends them."""
+    run = tmp_path / "run"
+    args = ["optimize", *TINY_RUN, "--train", "8", "--optimizer", "none", "--no-cache"]
+    args += ["--demos", "2", "--run-dir", str(run)]
+    assert run_main(*args) == 0, capsys.readouterr().err[-3000:]
+    [name] = json.loads((run / "result.json").read_text())["instructions"]
+    saved = json.loads((run / "start.json").read_text())
+    demos = saved[name]["demos"]
+    assert 1 <= len(demos) <= 2, demos  # SmolLM2 answers some of the 8 right
+    assert all(demo["reasoning"] and demo["answer"] for demo in demos)  # its own, not labels
+    assert json.loads((run / "program.json").read_text())[name]["demos"] == demos
+    assert json.loads((run / "result.json").read_text())["demos"] == len(demos)
+
+    # a resumed run starts from the saved demos (marked here), not from a new bootstrap
+    saved[name]["demos"][0]["reasoning"] = "MARKED"
+    (run / "start.json").write_text(json.dumps(saved))
+    for done in ("result.json", "program.json"):
+        (run / done).unlink()
+    assert run_main(*args, "--resume") == 0, capsys.readouterr().err[-3000:]
+    assert json.loads((run / "program.json").read_text())[name]["demos"][0]["reasoning"] == (
+        "MARKED"
+    )
+    assert run_main("evaluate", "--program", str(run), "--split", "dev", "--no-cache") == 0
+    assert "MARKED" in json.dumps(dspy.settings.lm.history[-1]["messages"])
+
+
 def test_no_cache_optimizes_uncached_but_scores_through_the_cache(
     tmp_path, capsys, restore_dspy_settings
 ):
