@@ -153,6 +153,7 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, A
         "generations": result["generations"],
         "test_seconds": scored["seconds"],
         "test_generations": scored["generations"],
+        "test_scores": scored.get("scores"),  # per question; absent before they were recorded
         "dev_start": result.get("dev_start"),
         "dev_result": result.get("dev_result"),
         "instructions": result["instructions"],
@@ -166,6 +167,17 @@ def _cpu() -> str:
     import torch
 
     return str(torch.backends.cpu.get_cpu_capability())
+
+
+def _against_start(row: dict[str, Any], start: dict[str, Any] | None) -> str:
+    """The test questions the cell turned right and wrong against the start's, where both
+    recorded their scores: a paired view of the same questions that the two accuracies hide."""
+    mine, theirs = row.get("test_scores"), (start or {}).get("test_scores")
+    if not mine or not theirs or len(mine) != len(theirs):
+        return ""
+    won = sum(a > b for a, b in zip(mine, theirs, strict=True))
+    lost = sum(a < b for a, b in zip(mine, theirs, strict=True))
+    return f"<br>against the start: {won} turned right, {lost} wrong"
 
 
 def table(rows: list[dict[str, Any]], optimizers: list[str]) -> str:
@@ -191,6 +203,7 @@ def table(rows: list[dict[str, Any]], optimizers: list[str]) -> str:
                     f"<br>dev {r['dev_start']:.2f}→{r['dev_result']:.2f}<br>"
                     f"{r['seconds'] / 60:.0f} min, {r['generations']} gen."
                 )
+                cell += _against_start(r, mine.get("none"))
             cells.append(cell)
         first = next(iter(mine.values()))
         lines.append(

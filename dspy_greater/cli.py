@@ -626,10 +626,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"The {args.split} split of {task.name} is empty with these sizes.")
     program = _load_program(path, task)  # before the engine: a bad file fails in a second
     _, reasoner = _lm(settings)
-    from .data import accuracy, majority_class_rate, standard_error
+    from .data import majority_class_rate, scores, standard_error
 
     started, counts = time.perf_counter(), generation_counts(reasoner)
-    score = accuracy(program, examples, task.metric, num_threads=args.threads, progress=True)
+    each = scores(program, examples, task.metric, num_threads=args.threads, progress=True)
+    score = sum(each) / len(each)
     generated, cut = generations_since(reasoner, counts)
     result = {
         "program": str(path),
@@ -649,6 +650,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         # of those, stopped at the token limit (what DSPy's cache answered is in neither)
         "generations_cut": cut,
         "instructions": {n: p.signature.instructions for n, p in program.named_predictors()},
+        # each question's score in the split's order: two programs compare question by question
+        "scores": each,
     }
     write_json_atomically(out, result)
     print(

@@ -179,12 +179,26 @@ def accuracy(
     num_threads: int = 32,
     progress: bool = False,
 ) -> float:
-    """The program's accuracy on ``examples`` (``dspy.Evaluate``). An example whose call raises
-    counts as wrong and never stops the evaluation; a warning says how many did. If every one
-    raises (a stopped server, an engine that died) there is nothing measured, and
+    """The program's accuracy on ``examples`` (``dspy.Evaluate``): the mean of :func:`scores`."""
+    each = scores(program, examples, metric, num_threads=num_threads, progress=progress)
+    return sum(each) / len(each)  # Evaluate's own score is rounded
+
+
+def scores(
+    program: dspy.Module,
+    examples: Sequence[dspy.Example],
+    metric: Callable[..., Any] = bbh_metric,
+    *,
+    num_threads: int = 32,
+    progress: bool = False,
+) -> list[float]:
+    """The metric's score of the program on each of ``examples``, in their order, so that two
+    programs compare question by question (``dspy.Evaluate``). An example whose call raises
+    counts as wrong (0) and never stops the evaluation; a warning says how many did. If every
+    one raises (a stopped server, an engine that died) there is nothing measured, and
     :class:`EvaluationFailed` says so instead of reporting 0."""
     if not examples:
-        raise ValueError("accuracy needs at least one example.")
+        raise ValueError("scores needs at least one example.")
     answered: list[Any] = []  # the predictions the program returned (list.append is atomic)
     errors: list[Exception] = []
 
@@ -221,7 +235,7 @@ def accuracy(
             failed,
             len(examples),
         )
-    return sum(score for _, _, score in result.results) / len(examples)  # Evaluate's is rounded
+    return [float(score) for _, _, score in result.results]
 
 
 def standard_error(accuracy: float, n: int) -> float:

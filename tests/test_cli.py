@@ -246,6 +246,8 @@ def test_ctrl_c_resume_then_evaluate(tmp_path, capsys, restore_dspy_settings, vl
     assert run_main("evaluate", "--program", str(run / "program.json")) == 0
     out = json.loads((run / "evaluate-test-embedded.json").read_text())
     assert out["n"] == 6 and out["split"] == "test" and 0.0 <= out["accuracy"] <= 1.0
+    assert len(out["scores"]) == 6 and set(out["scores"]) <= {0.0, 1.0}  # one per question
+    assert sum(out["scores"]) / 6 == out["accuracy"]
     assert out["instructions"] == result["instructions"]  # the optimized program was loaded
     assert f"accuracy {out['accuracy']:.3f}" in capsys.readouterr().out
 
