@@ -203,7 +203,9 @@ def table(rows: list[dict[str, Any]], optimizers: list[str]) -> str:
                     f"<br>dev {r['dev_start']:.2f}→{r['dev_result']:.2f}<br>"
                     f"{r['seconds'] / 60:.0f} min, {r['generations']} gen."
                 )
-                cell += _against_start(r, mine.get("none"))
+                # a variant's own start where it has one (greater-bootstrap: none-bootstrap)
+                start = mine.get(name.replace("greater", "none", 1), mine.get("none"))
+                cell += _against_start(r, start)
             cells.append(cell)
         first = next(iter(mine.values()))
         lines.append(
