@@ -223,14 +223,15 @@ class LocalEngine:
             self._in_flight.pop(request_id).future.set_result(completion)
 
     def _fail_in_flight(self, exc: BaseException) -> None:
-        """Fail every call in flight, and end their requests (else they run on, wasted)."""
+        """End the requests of every call in flight (else they run on, wasted), then fail the
+        calls: in this order, a call that has returned has no request left in the engine."""
         jobs, self._in_flight = self._in_flight, {}
-        for job in jobs.values():
-            job.future.set_exception(exc)
         try:
             self.reasoner.abort(list(jobs))  # type: ignore[attr-defined]
         except Exception:  # the engine is broken: nothing more to end
             logger.warning("Could not abort %d vLLM requests.", len(jobs), exc_info=True)
+        for job in jobs.values():
+            job.future.set_exception(exc)
 
     def _gather(self) -> list[_Request]:
         """The next job, and every job that arrives within ``gather_ms`` after it."""

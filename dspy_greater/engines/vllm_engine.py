@@ -46,11 +46,16 @@ class _SharedEngine:
         self._lock = threading.Lock()
         self._finished: dict[str, Any] = {}  # request id -> its final RequestOutput
 
-    def add(self, prompt: Sequence[int], params: Any) -> str:
-        """Add one request (``params.output_kind`` FINAL_ONLY); returns its id."""
+    @staticmethod
+    def new_request_id() -> str:
+        return f"dspy-greater-{uuid.uuid4().hex}"
+
+    def add(self, prompt: Sequence[int], params: Any, request_id: str | None = None) -> str:
+        """Add one request (``params.output_kind`` FINAL_ONLY) under ``request_id`` (default: a
+        new one); returns its id."""
         from vllm.inputs import tokens_input
 
-        request_id = f"dspy-greater-{uuid.uuid4().hex}"
+        request_id = request_id or self.new_request_id()
         with self._lock:
             self.llm.llm_engine.add_request(request_id, tokens_input(list(prompt)), params)
         return request_id
@@ -84,7 +89,10 @@ class _SharedEngine:
         done: dict[str, Any] = {}
         try:
             for prompt in prompts:  # one by one: an interrupt here still aborts those added
-                ids.append(self.add(prompt, params))
+                # the id is kept before its request exists: an interrupt that lands just after
+                # the add still aborts it (aborting an id vLLM never had does nothing)
+                ids.append(self.new_request_id())
+                self.add(prompt, params, ids[-1])
             with tqdm(total=len(ids), desc="Generating", disable=not progress) as bar:
                 while len(done) < len(ids):
                     finished = self.collect([i for i in ids if i not in done])
