@@ -204,8 +204,9 @@ def table(rows: list[dict[str, Any]], optimizers: list[str]) -> str:
                     f"{r['seconds'] / 60:.0f} min, {r['generations']} gen."
                 )
                 # a variant's own start where it has one (greater-bootstrap: none-bootstrap)
-                start = mine.get(name.replace("greater", "none", 1), mine.get("none"))
-                cell += _against_start(r, start)
+                own = name.replace("greater", "none", 1)
+                start = mine.get(own) if own != name else None
+                cell += _against_start(r, start or mine.get("none"))
             cells.append(cell)
         first = next(iter(mine.values()))
         lines.append(
