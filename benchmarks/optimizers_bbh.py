@@ -256,6 +256,17 @@ def main() -> None:
     unknown = [o for o in optimizers if o not in OPTIONS]
     if unknown:
         parser.error(f"unknown --optimizers {unknown}; choose from {list(OPTIONS)}")
+    # a row's cells compare only in one dtype: refuse to add a cell in another
+    row_dtype = {r["task"]: r["settings"].get("dtype") for r in rows}
+    mixed = [
+        f"{t} (its cells: {row_dtype[t]})"
+        for t in tasks
+        if t in row_dtype
+        and row_dtype[t] != args.dtype
+        and any((t, o) not in done for o in optimizers)
+    ]
+    if mixed:
+        parser.error(f"--dtype {args.dtype} differs from the rows' finished cells: {mixed}")
     for task in tasks:
         for optimizer in optimizers:
             if (task, optimizer) in done:
