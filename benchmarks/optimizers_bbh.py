@@ -98,6 +98,8 @@ NAMES = {
     "greater-dspy-start": "GReaTer from DSPy's default instruction",
     "none-dspy-start": "DSPy's default instruction",
     "greater-bootstrap": "GReaTer from the start with bootstrapped demos",
+    # boolean_expressions' first GReaTer cell, run before the constrained-answer loss fix
+    "greater-old-loss": "GReaTer before the answer-loss fix",
     "none-bootstrap": "the start with bootstrapped demos",
 }
 
