@@ -171,6 +171,52 @@ def _cpu() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
+def _start_of(name: str, mine: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """A cell's start: the variant's own where it has one (greater-bootstrap: none-bootstrap),
+    else the row's."""
+    own = name.replace("greater", "none", 1)
+    return (mine.get(own) if own != name else None) or mine.get("none")
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks from 1, ties sharing their mean rank (for Spearman's correlation)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i : j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def dev_against_test(rows: list[dict[str, Any]]) -> str:
+    """Does an optimized cell's dev gain predict its test change (each against its own start)?
+    Spearman's correlation over every optimized cell, and the mean test change where dev rose."""
+    by_task: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], {})[r["optimizer"]] = r
+    pairs = []
+    for mine in by_task.values():
+        for name, r in mine.items():
+            start = _start_of(name, mine)
+            if name.startswith("none") or start is None or r.get("dev_start") is None:
+                continue
+            pairs.append((r["dev_result"] - r["dev_start"], r["test"] - start["test"]))
+    if len(pairs) < 3:
+        return ""
+    dev, test = zip(*pairs, strict=True)
+    rho = statistics.correlation(_ranks(list(dev)), _ranks(list(test)))
+    rose = [t for d, t in pairs if d > 0]
+    line = f"dev gain against test change over {len(pairs)} optimized cells: Spearman {rho:.2f}"
+    if rose:
+        line += f"; the {len(rose)} whose dev rose changed test by {statistics.mean(rose):+.3f}"
+    return line
+
+
 def _against_start(row: dict[str, Any], start: dict[str, Any] | None) -> str:
     """The test questions the cell turned right and wrong against the start's, where both
     recorded their scores: a paired view of the same questions that the two accuracies hide."""
@@ -205,10 +251,7 @@ def table(rows: list[dict[str, Any]], optimizers: list[str]) -> str:
                     f"<br>dev {r['dev_start']:.2f}→{r['dev_result']:.2f}<br>"
                     f"{r['seconds'] / 60:.0f} min, {r['generations']} gen."
                 )
-                # a variant's own start where it has one (greater-bootstrap: none-bootstrap)
-                own = name.replace("greater", "none", 1)
-                start = mine.get(own) if own != name else None
-                cell += _against_start(r, start or mine.get("none"))
+                cell += _against_start(r, _start_of(name, mine))
             cells.append(cell)
         first = next(iter(mine.values()))
         lines.append(
@@ -279,6 +322,7 @@ def main() -> None:
                 logging.info("done: %s/%s test %.3f", task, optimizer, row["test"])
                 out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(table(rows, optimizers))
+    print(dev_against_test(rows))
     finished = {(r["task"], r["optimizer"]) for r in rows}
     left = [f"{t}/{o}" for t in tasks for o in optimizers if (t, o) not in finished]
     print("cells still to run: " + (", ".join(left) if left else "none"))
