@@ -171,6 +171,14 @@ def _cpu() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
+def _by_task(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Rows by task, then by optimizer (column)."""
+    by_task: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], {})[r["optimizer"]] = r
+    return by_task
+
+
 def _start_of(name: str, mine: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """A cell's start: the variant's own where it has one (greater-bootstrap: none-bootstrap),
     else the row's."""
@@ -196,9 +204,7 @@ def _ranks(values: list[float]) -> list[float]:
 def dev_against_test(rows: list[dict[str, Any]]) -> str:
     """Does an optimized cell's dev gain predict its test change (each against its own start)?
     Spearman's correlation over every optimized cell, and the mean test change where dev rose."""
-    by_task: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        by_task.setdefault(r["task"], {})[r["optimizer"]] = r
+    by_task = _by_task(rows)
     pairs = []
     for mine in by_task.values():
         for name, r in mine.items():
@@ -235,9 +241,7 @@ def table(rows: list[dict[str, Any]], optimizers: list[str]) -> str:
         "| task (test n) | majority | " + " | ".join(NAMES.get(o, o) for o in optimizers) + " |",
         "| --- | --- | " + " | ".join("---" for _ in optimizers) + " |",
     ]
-    by_task: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        by_task.setdefault(r["task"], {})[r["optimizer"]] = r
+    by_task = _by_task(rows)
     for task, mine in by_task.items():
         cells = []
         for name in optimizers:
