@@ -24,6 +24,7 @@ import dspy
 
 import dspy_greater
 from dspy_greater import PAPER_PROMPT, ForcedExtractionAdapter, GReaTer
+from dspy_greater.data import scores
 from dspy_greater.lm import local_lm
 from dspy_greater.loaders import load_task
 from dspy_greater.logs import configure_logging
@@ -85,10 +86,13 @@ def main() -> None:
     )
     run = compiled.greater_run
 
-    before, after = (
-        dspy_greater.accuracy(p, test, task.metric, num_threads=48) for p in (program, compiled)
+    start_scores, result_scores = (
+        scores(p, test, task.metric, num_threads=48) for p in (program, compiled)
     )
     n = len(test)
+    before, after = sum(start_scores) / n, sum(result_scores) / n
+    gained = sum(b > a for a, b in zip(start_scores, result_scores, strict=True))
+    lost = sum(b < a for a, b in zip(start_scores, result_scores, strict=True))
     se = dspy_greater.standard_error
     print(f"\nGReaTer on {task.name} with {EMBEDDED_MODELS[args.model].title} (CPU), {steps} steps")
     print(f"  start:     {run.start_instructions!r}")
@@ -101,6 +105,12 @@ def main() -> None:
         f"  test ({n} questions, never used for selection): {before:.2f} ± {se(before, n):.2f} "
         f"-> {after:.2f} ± {se(after, n):.2f}; majority-class rate "
         f"{dspy_greater.majority_class_rate(test):.2f}"
+    )
+    # the difference's own standard error: both prompts answered the same questions
+    paired = ((gained + lost - (gained - lost) ** 2 / n) ** 0.5) / n
+    print(
+        f"  against the start: {gained} turned right, {lost} wrong "
+        f"({after - before:+.2f} ± {paired:.2f})"
     )
     print(
         f"  run directory: {run.run_dir} (scores.png, run.json); "
