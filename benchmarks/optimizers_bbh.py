@@ -72,6 +72,14 @@ VARIANTS = {
         [*BUDGETS["greater"], "--train", "24", "--search", "num_examples=24"],
     ),
     "greater-after-inputs": ("greater", [*BUDGETS["greater"], "--placement", "after_inputs"]),
+    # the other knobs: twice the shortlist regenerated per step, the paper's 50
+    # selection examples, the medium budget (25 steps, 16 examples, 256 reasoning tokens)
+    "greater-shortlist-6": ("greater", [*BUDGETS["greater"], "--search", "shortlist=6"]),
+    "greater-50": (
+        "greater",
+        [*BUDGETS["greater"], "--train", "50", "--search", "num_examples=50"],
+    ),
+    "greater-medium": ("greater", ["--budget", "medium"]),
     # the start with the instructions where greater-after-inputs puts them: its test baseline
     "none-after-inputs": ("none", ["--placement", "after_inputs"]),
     # from what a DSPy user's program holds before any optimizer: DSPy's default instruction
@@ -94,6 +102,9 @@ NAMES = {
     "greater-keep-loss": "GReaTer keep + loss",
     "greater-24": "GReaTer 24 examples",
     "greater-after-inputs": "GReaTer after the inputs",
+    "greater-shortlist-6": "GReaTer shortlist 6",
+    "greater-50": "GReaTer 50 examples",
+    "greater-medium": "GReaTer medium budget",
     "none-after-inputs": "start after the inputs",
     "greater-dspy-start": "GReaTer from DSPy's default instruction",
     "none-dspy-start": "DSPy's default instruction",
