@@ -38,18 +38,16 @@ class Demo:
 
     task: str
     start: str
-    steps: int
+    steps: int = 6
     train: int = 12
     dev: int = 16
     test: int = 60
 
 
 DEMOS = {
-    DEFAULT_MODEL: Demo("causal_judgement", "Answer the question.", steps=6),
+    DEFAULT_MODEL: Demo("causal_judgement", "Answer the question."),
     # issue 20's cell (README): the benchmark's GReaTer budget and splits on this task
-    "qwen2.5-coder-1.5b": Demo(
-        "logical_deduction_seven_objects", PAPER_PROMPT, steps=6, dev=50, test=100
-    ),
+    "qwen2.5-coder-1.5b": Demo("logical_deduction_seven_objects", PAPER_PROMPT, dev=50, test=100),
 }
 
 
@@ -64,7 +62,7 @@ def main() -> None:
         help=f"a shipped BBH task ({', '.join(dspy_greater.shipped_bbh_tasks())}) or the path "
         "of a BBH JSON file (default: the model's demo task)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="default: the model's demo, 6")
+    parser.add_argument("--steps", type=int, default=None, help="GReaTer steps (default: 6)")
     parser.add_argument("--run-dir", default=None, help="keep the run here (default: a temp dir)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     parser.add_argument("-v", "--verbose", action="store_true", help="the engines' own logs too")
