@@ -213,24 +213,42 @@ def _ranks(values: list[float]) -> list[float]:
 
 
 def dev_against_test(rows: list[dict[str, Any]]) -> str:
-    """Does an optimized cell's dev gain predict its test change (each against its own start)?
-    Spearman's correlation over every optimized cell, and the mean test change where dev rose."""
+    """What predicts an optimized cell's test change against its own start? Its dev gain, and
+    how far its start answers above the majority rate: Spearman's correlation of each with the
+    test change over every optimized cell, and the mean change where dev rose and where the
+    start was at or under the majority rate."""
     by_task = _by_task(rows)
-    pairs = []
+    cells = []  # (dev gain, start over the majority rate, test change)
     for mine in by_task.values():
         for name, r in mine.items():
             start = _start_of(name, mine)
             if name.startswith("none") or start is None or r.get("dev_start") is None:
                 continue
-            pairs.append((r["dev_result"] - r["dev_start"], r["test"] - start["test"]))
-    if len(pairs) < 3:
+            cells.append(
+                (
+                    r["dev_result"] - r["dev_start"],
+                    start["test"] - start["majority"],
+                    r["test"] - start["test"],
+                )
+            )
+    if len(cells) < 3:
         return ""
-    dev, test = zip(*pairs, strict=True)
-    rho = statistics.correlation(_ranks(list(dev)), _ranks(list(test)))
-    rose = [t for d, t in pairs if d > 0]
-    line = f"dev gain against test change over {len(pairs)} optimized cells: Spearman {rho:.2f}"
+    dev, room, test = (list(column) for column in zip(*cells, strict=True))
+    rho = statistics.correlation(_ranks(dev), _ranks(test))
+    rose = [t for d, _, t in cells if d > 0]
+    line = f"dev gain against test change over {len(cells)} optimized cells: Spearman {rho:.2f}"
     if rose:
         line += f"; the {len(rose)} whose dev rose changed test by {statistics.mean(rose):+.3f}"
+    rho = statistics.correlation(_ranks(room), _ranks(test))
+    line += f"\nthe start's accuracy over the majority rate against test change: Spearman {rho:.2f}"
+    for label, group in (
+        ("at or under", [t for _, m, t in cells if m <= 0]),
+        ("above", [t for _, m, t in cells if m > 0]),
+    ):
+        if group:
+            line += (
+                f"; {len(group)} cells whose start was {label} it: {statistics.mean(group):+.3f}"
+            )
     return line
 
 
