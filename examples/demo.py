@@ -8,7 +8,7 @@ and the result are scored on a test split never used for selection, beside the m
 On SmolLM2 (the default) it shows the machinery in about 11 minutes on a 2-core CPU; that model
 answers at chance. ``--model qwen2.5-coder-1.5b`` runs the README's benchmark cell where GReaTer's
 test gain cleared its start and the majority rate: logical_deduction_seven_objects from the paper's
-starting prompt, the same splits (12 train, 50 dev, 100 test), budget and bfloat16 (about 20
+starting prompt, the same splits (12 train, 50 dev, 100 test), budget and bfloat16 (about 35
 minutes on a 2-core AVX-512 CPU; float32 and slower where bfloat16 is slow).
 
     python examples/demo.py [--model NAME] [--task NAME] [--steps N] [--run-dir DIR [--resume]]
