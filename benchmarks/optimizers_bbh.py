@@ -212,7 +212,7 @@ def _ranks(values: list[float]) -> list[float]:
     return ranks
 
 
-def dev_against_test(rows: list[dict[str, Any]]) -> str:
+def what_predicts_test(rows: list[dict[str, Any]]) -> str:
     """What predicts an optimized cell's test change against its own start? Its dev gain, and
     how far its start answers above the majority rate: Spearman's correlation of each with the
     test change over every optimized cell, and the mean change where dev rose and where the
@@ -355,7 +355,7 @@ def main() -> None:
                 logging.info("done: %s/%s test %.3f", task, optimizer, row["test"])
                 out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(table(rows, optimizers))
-    print(dev_against_test(rows))
+    print(what_predicts_test(rows))
     finished = {(r["task"], r["optimizer"]) for r in rows}
     left = [f"{t}/{o}" for t in tasks for o in optimizers if (t, o) not in finished]
     print("cells still to run: " + (", ".join(left) if left else "none"))
