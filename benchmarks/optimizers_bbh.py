@@ -31,7 +31,7 @@ from typing import Any
 
 from common import git_commit
 
-from dspy_greater import cli, standard_error
+from dspy_greater import cli, paired_change, standard_error
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Chosen from the README's screen before any optimizer ran on Qwen: the six BBH tasks of the
@@ -258,9 +258,7 @@ def _against_start(row: dict[str, Any], start: dict[str, Any] | None) -> str:
     mine, theirs = row.get("test_scores"), (start or {}).get("test_scores")
     if not mine or not theirs or len(mine) != len(theirs):
         return ""
-    won = sum(a > b for a, b in zip(mine, theirs, strict=True))
-    lost = sum(a < b for a, b in zip(mine, theirs, strict=True))
-    return f"<br>against the start: {won} turned right, {lost} wrong"
+    return f"<br>against the start: {paired_change(theirs, mine)}"
 
 
 def table(rows: list[dict[str, Any]], optimizers: list[str]) -> str:

@@ -26,6 +26,8 @@ _LAZY = {
     "closed_labels": "data",
     "majority_class_rate": "data",
     "standard_error": "data",
+    "paired_change": "data",
+    "PairedChange": "data",
     "accuracy": "data",
     "shipped_bbh_tasks": "data",
     "Task": "loaders",
@@ -62,6 +64,8 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _LAZY)
     "closed_labels",
     "majority_class_rate",
     "standard_error",
+    "paired_change",
+    "PairedChange",
     "accuracy",
     "shipped_bbh_tasks",
     "Task",
@@ -89,6 +93,7 @@ _moved.install()
 if TYPE_CHECKING:
     from .adapter import ForcedExtractionAdapter
     from .data import (
+        PairedChange,
         accuracy,
         bbh_answer_matches,
         bbh_metric,
@@ -96,6 +101,7 @@ if TYPE_CHECKING:
         closed_labels,
         load_bbh,
         majority_class_rate,
+        paired_change,
         shipped_bbh_tasks,
         split,
         standard_error,

@@ -243,3 +243,45 @@ def standard_error(accuracy: float, n: int) -> float:
     if n < 1:
         raise ValueError("standard_error needs n >= 1.")
     return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n)  # 0 outside [0, 1]
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """How a second program's per-question scores differ from a first's on the same questions.
+
+    ``difference`` is the mean change in score; its ``standard_error`` is the paired one (the
+    spread of the per-question changes), smaller than the two accuracies' own SEs suggest
+    because both programs answered the same questions.
+    """
+
+    gained: int
+    lost: int
+    n: int
+    difference: float
+    standard_error: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.gained} turned right, {self.lost} wrong "
+            f"({self.difference:+.2f} ± {self.standard_error:.2f})"
+        )
+
+
+def paired_change(before: Sequence[float], after: Sequence[float]) -> PairedChange:
+    """Compare two programs' scores (as :func:`scores` returns them) question by question."""
+    if len(before) != len(after) or not before:
+        raise ValueError(
+            f"paired_change needs two equally long, non-empty score lists; got {len(before)} "
+            f"and {len(after)}. Score both programs on the same questions."
+        )
+    changes = [b - a for a, b in zip(before, after, strict=True)]
+    n = len(changes)
+    mean = sum(changes) / n
+    spread = max(sum(c * c for c in changes) / n - mean * mean, 0.0)
+    return PairedChange(
+        gained=sum(c > 0 for c in changes),
+        lost=sum(c < 0 for c in changes),
+        n=n,
+        difference=mean,
+        standard_error=math.sqrt(spread / n),
+    )

@@ -90,8 +90,6 @@ def main() -> None:
     )
     n = len(test)
     before, after = sum(start_scores) / n, sum(result_scores) / n
-    gained = sum(b > a for a, b in zip(start_scores, result_scores, strict=True))
-    lost = sum(b < a for a, b in zip(start_scores, result_scores, strict=True))
     se = dspy_greater.standard_error
     print(f"\nGReaTer on {task.name} with {EMBEDDED_MODELS[args.model].title} (CPU), {steps} steps")
     print(f"  start:     {run.start_instructions!r}")
@@ -105,12 +103,8 @@ def main() -> None:
         f"-> {after:.2f} ± {se(after, n):.2f}; majority-class rate "
         f"{dspy_greater.majority_class_rate(test):.2f}"
     )
-    # the difference's own standard error: both prompts answered the same questions
-    paired = ((gained + lost - (gained - lost) ** 2 / n) ** 0.5) / n
-    print(
-        f"  against the start: {gained} turned right, {lost} wrong "
-        f"({after - before:+.2f} ± {paired:.2f})"
-    )
+    # paired: both prompts answered the same questions
+    print(f"  against the start: {dspy_greater.paired_change(start_scores, result_scores)}")
     print(
         f"  run directory: {run.run_dir} (scores.png, run.json); "
         f"{time.perf_counter() - started:.0f} s in all"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import typing
 
 import dspy
@@ -104,6 +106,25 @@ def test_majority_rate_and_standard_error():
     assert data.standard_error(1.0, 10) == 0.0
     with pytest.raises(ValueError):
         data.majority_class_rate([])
+
+
+def test_paired_change_counts_questions_and_their_spread():
+    before = [1, 0, 0, 1, 1, 0, 0, 0, 1, 0]
+    after = [1, 1, 1, 0, 1, 0, 1, 0, 1, 0]  # three turned right, one wrong
+    change = data.paired_change(before, after)
+    assert (change.gained, change.lost, change.n) == (3, 1, 10)
+    assert change.difference == pytest.approx(0.2)
+    # the 0/1 form: sqrt(gained + lost - (gained - lost)^2 / n) / n
+    assert change.standard_error == pytest.approx(math.sqrt(3 + 1 - 2**2 / 10) / 10)
+    assert str(change) == "3 turned right, 1 wrong (+0.20 ± 0.19)"
+    # scores between 0 and 1: the population spread of the changes over sqrt(n)
+    partial = data.paired_change([0.5, 0.2, 1.0], [0.7, 0.2, 0.4])
+    changes = [0.2, 0.0, -0.6]
+    assert (partial.gained, partial.lost) == (1, 1)
+    assert partial.standard_error == pytest.approx(statistics.pstdev(changes) / math.sqrt(3))
+    assert data.paired_change([1, 0], [1, 0]).standard_error == 0.0
+    with pytest.raises(ValueError, match="same questions"):
+        data.paired_change([1, 0], [1])
 
 
 def test_bbh_program_types_a_closed_answer_set_only():
