@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import re
+import statistics
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -275,13 +276,10 @@ def paired_change(before: Sequence[float], after: Sequence[float]) -> PairedChan
             f"and {len(after)}. Score both programs on the same questions."
         )
     changes = [b - a for a, b in zip(before, after, strict=True)]
-    n = len(changes)
-    mean = sum(changes) / n
-    spread = max(sum(c * c for c in changes) / n - mean * mean, 0.0)
     return PairedChange(
         gained=sum(c > 0 for c in changes),
         lost=sum(c < 0 for c in changes),
-        n=n,
-        difference=mean,
-        standard_error=math.sqrt(spread / n),
+        n=len(changes),
+        difference=statistics.fmean(changes),
+        standard_error=statistics.pstdev(changes) / math.sqrt(len(changes)),
     )

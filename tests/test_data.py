@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import typing
 
 import dspy
@@ -119,9 +118,10 @@ def test_paired_change_counts_questions_and_their_spread():
     assert str(change) == "3 turned right, 1 wrong (+0.20 ± 0.19)"
     # scores between 0 and 1: the population spread of the changes over sqrt(n)
     partial = data.paired_change([0.5, 0.2, 1.0], [0.7, 0.2, 0.4])
-    changes = [0.2, 0.0, -0.6]
     assert (partial.gained, partial.lost) == (1, 1)
-    assert partial.standard_error == pytest.approx(statistics.pstdev(changes) / math.sqrt(3))
+    # changes 0.2, 0, -0.6: mean -2/15, squared deviations summing to 0.52/1.5
+    assert partial.difference == pytest.approx(-2 / 15)
+    assert partial.standard_error == pytest.approx(math.sqrt(0.52 / 1.5 / 3 / 3))
     assert data.paired_change([1, 0], [1, 0]).standard_error == 0.0
     with pytest.raises(ValueError, match="same questions"):
         data.paired_change([1, 0], [1])
