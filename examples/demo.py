@@ -5,7 +5,7 @@ Hard task shipped with the package through :class:`~dspy_greater.ForcedExtractio
 local vLLM engine; ``GReaTer`` optimizes its instructions with the model's own gradients; the start
 and the result are scored on a test split never used for selection, beside the majority-class rate.
 
-On SmolLM2 (the default) it shows the machinery in about 11 minutes on a 2-core CPU; that model
+On SmolLM2 (the default) it shows the machinery in about 5 minutes on a 2-core CPU; that model
 answers at chance. ``--model qwen2.5-coder-1.5b`` runs the README's benchmark cell where GReaTer's
 test gain cleared its start and the majority rate: logical_deduction_seven_objects from the paper's
 starting prompt, the same splits (12 train, 50 dev, 100 test), budget and bfloat16 (about 35
