@@ -274,7 +274,7 @@ def load_task(
         rule = "" if len(examples) >= 250 else " (under 250 examples: 20 % / 40 % / the rest)"
         protocol = (
             f"BBH: shuffled with seed {seed}; {full_train} train / {full_dev} dev / the "
-            f"rest test{rule}; this run uses {train} / {dev} / {len(splits.test)}"
+            f"rest test{rule}"
         )
     else:
         loaded = load_gsm8k(data) if kind == "gsm8k" else load_folio(data)
@@ -289,12 +289,13 @@ def load_task(
         name, metric = kind, gsm8k_metric if kind == "gsm8k" else folio_metric
         protocol = (
             f"{kind}: 100 train / 100 dev drawn from its {pool_name} split with seed "
-            f"{seed}, test = its {test_name} split; this run uses {train} / {dev} / "
-            f"{len(splits.test)}"
+            f"{seed}, test = its {test_name} split"
         )
         inputs = ("question",) if kind == "gsm8k" else ("premises", "conclusion")
     if test is not None:
         splits = Splits(splits.train, splits.dev, splits.test[:test])
+    sizes = f"{len(splits.train)} / {len(splits.dev)} / {len(splits.test)}"
+    protocol += f"; this run uses {sizes}"
     labels = (
         FOLIO_LABELS
         if kind == "folio"

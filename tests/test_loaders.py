@@ -38,6 +38,8 @@ def test_every_bbh_file_loads_with_the_protocol_splits(shared_bbh):
     assert small.splits.test == full.splits.test  # a smaller budget keeps the protocol's test split
     bigger = loaders.load_task(shared_bbh / "temporal_sequences.json", train=80, seed=1)
     assert len(bigger.splits.train) == 80 and len(bigger.splits.test) == 70
+    cut = loaders.load_task(shared_bbh / "temporal_sequences.json", dev=24, test=30, seed=1)
+    assert cut.protocol.endswith("uses 50 / 24 / 30")  # the sizes after the test cut
 
 
 def test_gsm8k_loads_numbers_and_the_test_file(shared_data):
