@@ -128,20 +128,28 @@ def test_callers_on_one_engine_get_their_own_answers(vllm_reasoner):
     assert direct == vllm_reasoner.generate([ids], max_new_tokens=8)[0]
 
 
-def test_an_interrupted_generate_leaves_no_request_running(vllm_reasoner):
+def test_an_interrupted_generate_leaves_no_request_running(vllm_reasoner, monkeypatch):
     """Ctrl-C during a generation (e.g. in a notebook) aborts its requests: none runs on, and
     the next call gets only its own completions."""
     engine = vllm_reasoner.llm.llm_engine
     count = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
     [ids] = chat_prompt_ids(vllm_reasoner.tokenizer, [count], continue_final_message=False)
+    step, interrupted = engine.step, []
 
-    def interrupt() -> None:
-        _until_generating(engine, 4)
-        _thread.interrupt_main()
+    def step_then_ctrl_c() -> list:
+        # Ctrl-C lands in the main thread while all four requests are generating. Sent from a
+        # thread that polls the engine it could land after they had finished (CI saw that).
+        outputs = step()
+        if not interrupted and engine.get_num_unfinished_requests() == 4:
+            interrupted.append(True)
+            _thread.interrupt_main()
+        return outputs
 
-    threading.Thread(target=interrupt, daemon=True).start()
+    monkeypatch.setattr(engine, "step", step_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         vllm_reasoner.generate([ids] * 4, max_new_tokens=1024)
+    monkeypatch.undo()
+    assert interrupted
     assert engine.get_num_unfinished_requests() == 0
     [again] = vllm_reasoner.generate([ids], max_new_tokens=4)
     assert len(again.token_ids) == 4
