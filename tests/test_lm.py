@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import copy
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,15 @@ from dspy_greater.engines.base import chat_prompt_ids
 from dspy_greater.engines.hf import HFReasoner
 from dspy_greater.errors import GreaterError
 from dspy_greater.lm import LocalEngine, cancel_local_calls, local_lm
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler for the test. A background job (nohup, `make test &`) starts
+    Python with SIGINT ignored, and then ``_thread.interrupt_main`` does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +138,9 @@ def test_callers_on_one_engine_get_their_own_answers(vllm_reasoner):
     assert direct == vllm_reasoner.generate([ids], max_new_tokens=8)[0]
 
 
-def test_an_interrupted_generate_leaves_no_request_running(vllm_reasoner, monkeypatch):
+def test_an_interrupted_generate_leaves_no_request_running(
+    vllm_reasoner, monkeypatch, ctrl_c_raises
+):
     """Ctrl-C during a generation (e.g. in a notebook) aborts its requests: none runs on, and
     the next call gets only its own completions."""
     engine = vllm_reasoner.llm.llm_engine
@@ -137,8 +149,7 @@ def test_an_interrupted_generate_leaves_no_request_running(vllm_reasoner, monkey
     step, interrupted = engine.step, []
 
     def step_then_ctrl_c() -> list:
-        # Ctrl-C lands in the main thread while all four requests are generating. Sent from a
-        # thread that polls the engine it could land after they had finished (CI saw that).
+        # Ctrl-C lands in the main thread while all four requests are generating.
         outputs = step()
         if not interrupted and engine.get_num_unfinished_requests() == 4:
             interrupted.append(True)
@@ -155,7 +166,7 @@ def test_an_interrupted_generate_leaves_no_request_running(vllm_reasoner, monkey
     assert len(again.token_ids) == 4
 
 
-def test_cancel_ends_the_calls_of_an_interrupted_evaluate(vllm_reasoner):
+def test_cancel_ends_the_calls_of_an_interrupted_evaluate(vllm_reasoner, ctrl_c_raises):
     """Ctrl-C during ``dspy.Evaluate`` on a local LM: DSPy starts no more examples, and
     ``cancel_local_calls`` ends those generating. Without it they run on in DSPy's threads, and
     Python waits for those threads before it exits (the CLI hung for minutes)."""
