@@ -67,7 +67,7 @@ def build(config: str, labels: list[str] | None) -> tuple[Any, Any]:
     """(program, adapter) for a config."""
     import dspy
 
-    from dspy_greater.adapter import ForcedExtractionAdapter
+    from dspy_greater.forced_extraction import ForcedExtractionAdapter
 
     if config.startswith("typed"):
         answer_type = Literal[tuple(labels)] if labels else str  # type: ignore[valid-type]
@@ -120,7 +120,8 @@ def run_tasks(
     engine idle while its last chains finish): each task's counts, and the seconds."""
     import dspy
 
-    from dspy_greater import bbh_answer_matches, majority_class_rate
+    from dspy_greater.data import bbh_answer_matches
+    from dspy_greater.stats import majority_class_rate
 
     jobs: list[tuple[str, Any, Any, Any]] = []
     for task, examples in tasks.items():
@@ -229,7 +230,7 @@ def _seconds(results: dict[str, Any], config: str) -> float:
 
 
 def report(results: dict[str, Any], tasks: dict[str, list[Any]], args: Any) -> None:
-    from dspy_greater import majority_class_rate, standard_error
+    from dspy_greater.stats import majority_class_rate, standard_error
 
     majority = {t: majority_class_rate(ex) for t, ex in tasks.items()}
     print(
@@ -275,7 +276,7 @@ def report(results: dict[str, Any], tasks: dict[str, list[Any]], args: Any) -> N
 def screen(files: list[Path], config: str = "typed-constrain") -> None:
     """Each file's ``config`` row side by side per task, beside the majority rate: the models'
     screen. A cell is accuracy ± s.e.; the margin over the majority rate is in brackets."""
-    from dspy_greater import standard_error
+    from dspy_greater.stats import standard_error
 
     runs = [json.loads(f.read_text()) for f in files]
     rows = [_configs(run)[config] for run in runs]

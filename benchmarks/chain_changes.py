@@ -30,7 +30,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from dspy_greater import resolve_model
+    from dspy_greater.models import resolve_model
 
     settings = json.loads((args.cell / "cli.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(settings["model"]))

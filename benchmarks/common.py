@@ -118,7 +118,8 @@ def load_bbh(task: str) -> list[Any]:
 def timed_step(data: list[Any], reasoner: Any, model: Any, tokens: int) -> tuple[Any, float]:
     """One GReaTer step from the paper's prompt on the chat-template renderer (the light budget,
     ``len(data)`` examples, ``tokens`` reasoning tokens): the search's result and its seconds."""
-    from dspy_greater import PAPER_PROMPT, ChatTemplateRenderer, GreaterConfig, run_greater
+    from dspy_greater import PAPER_PROMPT, GreaterConfig, run_greater
+    from dspy_greater.renderers import ChatTemplateRenderer
 
     config = GreaterConfig.budget(
         "light", steps=1, num_examples=len(data), max_reasoning_tokens=tokens

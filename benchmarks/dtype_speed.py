@@ -4,7 +4,7 @@ Each cell runs in its own process, with a time limit (a cell past it is reported
 - *gradient pass*: the transformers model, a forward and a backward pass over ``--tokens`` random
   token ids, the gradient taken on the input embeddings, the loss on the last 20 tokens (as the
   search takes it); and a no-grad forward over the same ids. Also with bfloat16 weights
-  computing in float32 (``engines/float32_compute.py``);
+  computing in float32 (``adapters/float32_compute.py``);
 - *generation*: vLLM, ``--prompts`` chat prompts × ``--new-tokens`` tokens in one call, greedy;
 - *pair* (float32 only): both in one process, as GReaTer holds them: the vLLM engine generates,
   then the gradient model loads beside it (through the library's memory check) and runs the
@@ -57,7 +57,7 @@ def gradient_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     import dspy_greater
-    from dspy_greater.engines.float32_compute import compute_in_float32
+    from dspy_greater.adapters.float32_compute import compute_in_float32
 
     memory = PeakMemory()
     upcast = dtype == FLOAT32_COMPUTE
@@ -84,7 +84,7 @@ def generate(args: argparse.Namespace, reasoner: Any) -> dict[str, float]:
 
 def generation_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
     import dspy_greater
-    from dspy_greater.engines.vllm_engine import VLLMReasoner
+    from dspy_greater.adapters.vllm_engine import VLLMReasoner
 
     memory = PeakMemory()
     reasoner = VLLMReasoner(dspy_greater.embedded_model(args.model), dtype=dtype)
@@ -98,8 +98,8 @@ def pair_cell(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
     import psutil
 
     import dspy_greater
-    from dspy_greater.engines.hf import shared_gradient_model
-    from dspy_greater.engines.vllm_engine import VLLMReasoner
+    from dspy_greater.adapters.hf_gradient import shared_gradient_model
+    from dspy_greater.adapters.vllm_engine import VLLMReasoner
 
     folder = dspy_greater.embedded_model(args.model)
     memory = PeakMemory()

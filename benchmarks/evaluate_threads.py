@@ -30,8 +30,8 @@ def one_run(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     import dspy
 
     import dspy_greater
-    from dspy_greater import ForcedExtractionAdapter
-    from dspy_greater.engines.vllm_engine import VLLMReasoner
+    from dspy_greater import ForcedExtractionAdapter, stats
+    from dspy_greater.adapters.vllm_engine import VLLMReasoner
     from dspy_greater.lm import local_lm
     from dspy_greater.models import EMBEDDED_MODELS
 
@@ -47,7 +47,7 @@ def one_run(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     program = dspy_greater.bbh_program(examples, dspy_greater.PAPER_PROMPT)
     started = time.perf_counter()
     with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
-        score = dspy_greater.accuracy(program, questions, num_threads=args.threads)
+        score = stats.accuracy(program, questions, num_threads=args.threads)
     wall = time.perf_counter() - started
     tokens = sum(h["usage"]["completion_tokens"] for h in lm.history)
     sizes = lm.engine.batch_sizes

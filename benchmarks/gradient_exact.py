@@ -35,13 +35,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import dspy_greater
-    from dspy_greater.engines.hf import HFGradientModel, HFReasoner
+    from dspy_greater.adapters.hf_gradient import HFGradientModel
+    from dspy_greater.adapters.hf_reasoner import HFReasoner
     from dspy_greater.models import registered_dtype
     from dspy_greater.renderers import ChatTemplateRenderer
     from dspy_greater.search import PAPER_PROMPT, readable_tokens, shortlist_by_gradient
 
     started = time.perf_counter()
-    path, dtype = dspy_greater.resolve_model(args.model), registered_dtype(args.model)
+    path, dtype = dspy_greater.models.resolve_model(args.model), registered_dtype(args.model)
     model = HFGradientModel(path, dtype=dtype)
     renderer: Any
     if args.renderer == "adapter":  # what GReaTer(...).compile renders: DSPy's messages

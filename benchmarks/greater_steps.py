@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from dspy_greater import accuracy
+    from dspy_greater.stats import accuracy
 
     search, history = stage_history(args.cell)
     wanted = {int(s) for s in args.steps.split(",")} if args.steps else None

@@ -43,8 +43,8 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     import dspy
 
     import dspy_greater
-    from dspy_greater import ForcedExtractionAdapter, GReaTer, GreaterConfig
-    from dspy_greater.engines.vllm_engine import VLLMReasoner
+    from dspy_greater import ForcedExtractionAdapter, GReaTer, GreaterConfig, stats
+    from dspy_greater.adapters.vllm_engine import VLLMReasoner
     from dspy_greater.lm import local_lm
     from dspy_greater.logs import generation_counts, generations_since
     from dspy_greater.models import EMBEDDED_MODELS
@@ -89,10 +89,10 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     [stage] = run.stages
     phases = {p: sum(r.seconds.get(p, 0.0) for r in stage.history) for p in PHASES}
     # the start's test score is the same in every variant: measured once
-    start = args.test_start if args.test_start is not None else dspy_greater.accuracy(program, test)
+    start = args.test_start if args.test_start is not None else stats.accuracy(program, test)
     result = start if run.instructions == run.start_instructions else None
     if result is None:
-        result = dspy_greater.accuracy(compiled, test)
+        result = stats.accuracy(compiled, test)
     return {
         "variant": variant,
         "commit": git_commit(),
@@ -120,7 +120,7 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "instructions": stage.instructions,
         "test_start": start,
         "test_result": result,
-        "majority": dspy_greater.majority_class_rate(test),
+        "majority": stats.majority_class_rate(test),
         "compile_peak_gib": compile_peak,
         "peak_gib": memory.stop(),
         "wall_seconds": time.perf_counter() - started,
@@ -128,7 +128,7 @@ def one_compile(args: argparse.Namespace, variant: str) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    from dspy_greater import standard_error
+    from dspy_greater.stats import standard_error
 
     lines = [
         "| variant | compile | generations | start | propose | gradient | select (generation) "

@@ -37,8 +37,8 @@ def auc(wrong: list[float], right: list[float]) -> float | None:
 def measure(cell: Path, threads: int) -> list[dict[str, Any]]:
     import dspy
 
-    from dspy_greater import resolve_model
-    from dspy_greater.engines.hf import shared_gradient_model
+    from dspy_greater.adapters.hf_gradient import shared_gradient_model
+    from dspy_greater.models import resolve_model
     from dspy_greater.renderers import AdapterRenderer
 
     settings, task, lm, adapter = cell_task(cell)

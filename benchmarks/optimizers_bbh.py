@@ -31,7 +31,8 @@ from typing import Any
 
 from common import git_commit
 
-from dspy_greater import cli, paired_change, standard_error
+from dspy_greater import cli
+from dspy_greater.stats import paired_change, standard_error
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Chosen from the README's screen before any optimizer ran on Qwen: the six BBH tasks of the

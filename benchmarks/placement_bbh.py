@@ -23,7 +23,7 @@ import dspy
 from common import load_bbh
 
 import dspy_greater
-from dspy_greater import ForcedExtractionAdapter, GReaTer
+from dspy_greater import ForcedExtractionAdapter, GReaTer, stats
 from dspy_greater.lm import local_lm
 from dspy_greater.search import PAPER_PROMPT
 
@@ -52,7 +52,7 @@ def run_one(task: str, placement: str, args: argparse.Namespace) -> dict:
             program, trainset=splits.train, valset=splits.dev, run_dir=run_dir, resume=resume
         )
         optimized_seconds = time.perf_counter() - started
-        before, after = dspy_greater.accuracy(program, test), dspy_greater.accuracy(compiled, test)
+        before, after = stats.accuracy(program, test), stats.accuracy(compiled, test)
     run = compiled.greater_run
     return {
         "task": task,
@@ -65,14 +65,14 @@ def run_one(task: str, placement: str, args: argparse.Namespace) -> dict:
         "test_start": before,
         "test_best": after,
         "test_size": len(test),
-        "majority": dspy_greater.majority_class_rate(test),
+        "majority": stats.majority_class_rate(test),
         "compile_seconds": optimized_seconds,
         "resumed": resume,
     }
 
 
 def table(rows: list[dict]) -> str:
-    se = dspy_greater.standard_error
+    se = stats.standard_error
     lines = [
         "| task | placement | test: start | test: optimized | majority | val: start → chosen "
         "| compile (s) |",

@@ -141,7 +141,7 @@ def main() -> None:
                 }
             )
             out.write_text(json.dumps({"rows": rows}, indent=1))
-    from dspy_greater import standard_error
+    from dspy_greater.stats import standard_error
 
     print("| task (n) | probe | reasoning tokens | demos | majority | test accuracy | time |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -18,7 +18,7 @@ from common import report, run_child, timed_step
 def one_step(backend: str, examples: int, tokens: int, dtype: str) -> dict:
     if backend == "server":
         import dspy_greater
-        from dspy_greater.engines.vllm_server import launch_vllm_server
+        from dspy_greater.adapters.vllm_server import launch_vllm_server
 
         with launch_vllm_server(
             dspy_greater.default_model(), served_name="smollm2", dtype=dtype
@@ -31,8 +31,8 @@ def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str 
     import dspy
 
     import dspy_greater
-    from dspy_greater.engines import make_reasoner
-    from dspy_greater.engines.hf import HFGradientModel
+    from dspy_greater.adapters import make_reasoner
+    from dspy_greater.adapters.hf_gradient import HFGradientModel
 
     path = dspy_greater.default_model()
     data = dspy_greater.split(
@@ -40,7 +40,7 @@ def _one_step(backend: str, examples: int, tokens: int, dtype: str, server: str 
     ).train
     started = time.perf_counter()
     if server is not None:
-        from dspy_greater.lm import ServerReasoner
+        from dspy_greater.server_reasoner import ServerReasoner
 
         lm = dspy.LM("hosted_vllm/smollm2", api_base=server, api_key="none", cache=False)
         reasoner = ServerReasoner(lm, tokenizer=path)

@@ -13,8 +13,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from dspy_greater.engines.base import ExampleScore, RenderedExample
-from dspy_greater.engines.hf import HFGradientModel, HFReasoner
+from dspy_greater.adapters.base import ExampleScore, RenderedExample
+from dspy_greater.adapters.hf_gradient import HFGradientModel
+from dspy_greater.adapters.hf_reasoner import HFReasoner
 
 
 def unbatched_reasoner(model: str, dtype: str = "float32") -> HFReasoner:

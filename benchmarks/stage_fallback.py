@@ -28,7 +28,7 @@ import dspy
 from common import load_bbh
 
 import dspy_greater
-from dspy_greater import ForcedExtractionAdapter, GReaTer
+from dspy_greater import ForcedExtractionAdapter, GReaTer, stats
 from dspy_greater.lm import local_lm
 from dspy_greater.search import GreaterConfig
 
@@ -43,7 +43,7 @@ def run_one(task: str, name: str, args: argparse.Namespace) -> dict:
     splits = dspy_greater.split(examples, train=args.train, dev=args.dev, seed=args.seed)
     test = splits.test[: args.test]
     program = pipelines.PIPELINES[name](pipelines.answer_type(examples))
-    passing = round(dspy_greater.accuracy(program, splits.train) * len(splits.train))
+    passing = round(stats.accuracy(program, splits.train) * len(splits.train))
     row = {
         "task": task,
         "pipeline": name,
@@ -79,9 +79,9 @@ def run_one(task: str, name: str, args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - started
     row.update(
         test_size=len(test),
-        majority=dspy_greater.majority_class_rate(test),
-        test_start=dspy_greater.accuracy(program, test),
-        test_result=dspy_greater.accuracy(compiled, test),
+        majority=stats.majority_class_rate(test),
+        test_start=stats.accuracy(program, test),
+        test_result=stats.accuracy(compiled, test),
         compile_seconds=seconds,
         stages=[
             {
@@ -103,7 +103,7 @@ def run_one(task: str, name: str, args: argparse.Namespace) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    se = dspy_greater.standard_error
+    se = stats.standard_error
     lines = [
         "| task | pipeline | passing on train | last stage | test: start (= skip) | "
         "test: label fallback | majority | compile (s) |",

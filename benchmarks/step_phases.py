@@ -35,7 +35,8 @@ def one_step(model_name: str, task: str, examples: int, tokens: int, variant: st
     import torch
 
     import dspy_greater
-    from dspy_greater.engines.hf import HFGradientModel, HFReasoner
+    from dspy_greater.adapters.hf_gradient import HFGradientModel
+    from dspy_greater.adapters.hf_reasoner import HFReasoner
 
     memory = PeakMemory()
     torch.manual_seed(0)
@@ -51,7 +52,7 @@ def one_step(model_name: str, task: str, examples: int, tokens: int, variant: st
     else:
         model = HFGradientModel(path, dtype=dtype)
         if reasoner_kind == "vllm":
-            from dspy_greater.engines.vllm_engine import VLLMReasoner
+            from dspy_greater.adapters.vllm_engine import VLLMReasoner
 
             reasoner = VLLMReasoner(path, dtype=dtype)
         else:
@@ -79,7 +80,8 @@ def gradient_agreement(
     import torch
 
     import dspy_greater
-    from dspy_greater.engines.hf import HFGradientModel, HFReasoner
+    from dspy_greater.adapters.hf_gradient import HFGradientModel
+    from dspy_greater.adapters.hf_reasoner import HFReasoner
     from dspy_greater.renderers import ChatTemplateRenderer
     from dspy_greater.search import PAPER_PROMPT, readable_tokens, shortlist_by_gradient
 

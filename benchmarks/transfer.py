@@ -97,7 +97,7 @@ def main() -> None:
             }
         )
         args.out.write_text(json.dumps({"rows": rows}, indent=1))
-    from dspy_greater import standard_error
+    from dspy_greater.stats import standard_error
 
     print(
         "| task (n) | source → target | source: start → GReaTer | target: majority | start | "

@@ -1,6 +1,12 @@
 """dspy-greater: GReaTer prompt optimization (gradients over reasoning) for DSPy.
 
-Importing the package is cheap: torch, transformers and vllm load only when an engine is built.
+    optimizer = dspy_greater.GReaTer(metric=metric, auto="light")
+    compiled = optimizer.compile(program, trainset=train, valset=val)
+
+The names here are the user's API. Helpers live in their modules: statistics in
+:mod:`dspy_greater.stats`, data in :mod:`dspy_greater.data` and :mod:`dspy_greater.loaders`, the
+model backends in :mod:`dspy_greater.adapters`. Importing the package is cheap: torch,
+transformers and vllm load only when an engine is built.
 """
 
 from __future__ import annotations
@@ -8,111 +14,61 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import _moved
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public name -> module that defines it; loaded on first access (PEP 562).
 _LAZY = {
-    "default_model": "models",
-    "embedded_model": "models",
-    "resolve_model": "models",
-    "cache_dir": "models",
-    "load_bbh": "data",
-    "split": "data",
-    "bbh_metric": "data",
-    "bbh_answer_matches": "data",
-    "bbh_program": "data",
-    "closed_labels": "data",
-    "majority_class_rate": "data",
-    "standard_error": "data",
-    "paired_change": "data",
-    "PairedChange": "data",
-    "accuracy": "data",
-    "shipped_bbh_tasks": "data",
-    "Task": "loaders",
-    "load_task": "loaders",
-    "load_gsm8k": "loaders",
-    "load_folio": "loaders",
-    "gsm8k_metric": "loaders",
-    "folio_metric": "loaders",
-    "GreaterError": "errors",
-    "EvaluationFailed": "errors",
-    "ForcedExtractionAdapter": "adapter",
-    "AdapterRenderer": "renderers",
-    "ChatTemplateRenderer": "renderers",
     "GReaTer": "teleprompter",
     "GReaTerRun": "report",
-    "StageRun": "report",
     "GreaterConfig": "search",
+    "GreaterResult": "search",
     "run_greater": "search",
     "PAPER_PROMPT": "search",
     "local_lm": "lm",
+    "ForcedExtractionAdapter": "forced_extraction",
+    "default_model": "models",
+    "embedded_model": "models",
+    "load_bbh": "data",
+    "split": "data",
+    "bbh_program": "data",
+    "bbh_metric": "data",
+    "shipped_bbh_tasks": "data",
+    "load_task": "loaders",
+    "GreaterError": "errors",
+    "EvaluationFailed": "errors",
 }
 
-__all__ = [  # noqa: RUF022 (grouped by module, as _LAZY)
+__all__ = [  # noqa: RUF022 (in _LAZY's order: the optimizer first)
     "__version__",
-    "default_model",
-    "embedded_model",
-    "resolve_model",
-    "cache_dir",
-    "load_bbh",
-    "split",
-    "bbh_metric",
-    "bbh_answer_matches",
-    "bbh_program",
-    "closed_labels",
-    "majority_class_rate",
-    "standard_error",
-    "paired_change",
-    "PairedChange",
-    "accuracy",
-    "shipped_bbh_tasks",
-    "Task",
-    "load_task",
-    "load_gsm8k",
-    "load_folio",
-    "gsm8k_metric",
-    "folio_metric",
-    "GreaterError",
-    "EvaluationFailed",
-    "ForcedExtractionAdapter",
-    "AdapterRenderer",
-    "ChatTemplateRenderer",
     "GReaTer",
     "GReaTerRun",
-    "StageRun",
     "GreaterConfig",
+    "GreaterResult",
     "run_greater",
     "PAPER_PROMPT",
     "local_lm",
+    "ForcedExtractionAdapter",
+    "default_model",
+    "embedded_model",
+    "load_bbh",
+    "split",
+    "bbh_program",
+    "bbh_metric",
+    "shipped_bbh_tasks",
+    "load_task",
+    "GreaterError",
+    "EvaluationFailed",
 ]
 
-_moved.install()
-
 if TYPE_CHECKING:
-    from .adapter import ForcedExtractionAdapter
-    from .data import (
-        PairedChange,
-        accuracy,
-        bbh_answer_matches,
-        bbh_metric,
-        bbh_program,
-        closed_labels,
-        load_bbh,
-        majority_class_rate,
-        paired_change,
-        shipped_bbh_tasks,
-        split,
-        standard_error,
-    )
+    from .data import bbh_metric, bbh_program, load_bbh, shipped_bbh_tasks, split
     from .errors import EvaluationFailed, GreaterError
+    from .forced_extraction import ForcedExtractionAdapter
     from .lm import local_lm
-    from .loaders import Task, folio_metric, gsm8k_metric, load_folio, load_gsm8k, load_task
-    from .models import cache_dir, default_model, embedded_model, resolve_model
-    from .renderers import AdapterRenderer, ChatTemplateRenderer
-    from .report import GReaTerRun, StageRun
-    from .search import PAPER_PROMPT, GreaterConfig, run_greater
+    from .loaders import load_task
+    from .models import default_model, embedded_model
+    from .report import GReaTerRun
+    from .search import PAPER_PROMPT, GreaterConfig, GreaterResult, run_greater
     from .teleprompter import GReaTer
 
 

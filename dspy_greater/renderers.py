@@ -1,10 +1,10 @@
 """The renderers: a prompt, an example and a reasoning chain as the token ids of one sequence.
 
-Both implement :class:`~dspy_greater.engines.base.Renderer`. :class:`ChatTemplateRenderer` is the
+Both implement :class:`~dspy_greater.adapters.base.Renderer`. :class:`ChatTemplateRenderer` is the
 GReaTer paper's setting without DSPy: the user turn holds the question and the prompt, the model
 reasons in the assistant turn, the extractor (``Therefore, the final answer is``) follows the
 reasoning and the gold answer follows it. :class:`AdapterRenderer` renders what
-:class:`~dspy_greater.adapter.ForcedExtractionAdapter` sends: the prompt is a predictor's
+:class:`~dspy_greater.forced_extraction.ForcedExtractionAdapter` sends: the prompt is a predictor's
 instructions, the extractor is the adapter's answer header. Either marks the prompt in the
 rendered text and finds its tokens from the tokenizer's offsets (:func:`slot_span`).
 """
@@ -19,9 +19,9 @@ from typing import Any, ClassVar, Literal
 import dspy
 from dspy.adapters.utils import format_field_value
 
-from .adapter import STOP, ForcedExtractionAdapter, header
-from .engines.base import Conversation, RenderedExample
+from .adapters.base import Conversation, RenderedExample
 from .errors import SlotError
+from .forced_extraction import STOP, ForcedExtractionAdapter, header
 from .values import closed_choices, json_value, parse_field
 
 PAPER_EXTRACTOR = "\nTherefore, the final answer is"
@@ -183,7 +183,8 @@ class ChatTemplateRenderer:
 @dataclass
 class AdapterRenderer:
     """Render (instructions, example, reasoning, answer) as :class:`ForcedExtractionAdapter`
-    sends them, as token ids for the gradient pass (a :class:`~dspy_greater.engines.base.Renderer`).
+    sends them, as token ids for the gradient pass (a
+    :class:`~dspy_greater.adapters.base.Renderer`).
 
     ``signature`` needs a reasoning field and an answer field (``dspy.ChainOfThought``'s): the
     first output field is reasoned in, the last is the answer; the prompt being optimized is

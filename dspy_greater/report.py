@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import standard_error
 from .search import GreaterResult, StepRecord
+from .stats import standard_error
 
 logger = logging.getLogger(__name__)
 
@@ -119,49 +119,97 @@ def _with_error(score: float | None, n: int) -> str:
     return "-" if score is None else f"{score:.3f} ± {standard_error(score, n):.3f}"
 
 
+@dataclass
+class PlotPoints:
+    """What the score plot shows, as (x, score) points: x is the step, counted across stages;
+    each stage's choice stands one step after its last (``choice_x``)."""
+
+    train: list[tuple[float, float]]  # the metric on the training batch after each step
+    steps_validated: list[tuple[float, float]]  # the steps whose prompt was validated
+    candidates: list[tuple[float, float]]  # every prompt validated for the final choice
+    chosen: list[tuple[float, float, str]]  # each stage's chosen prompt, with its text
+    start: float | None  # the start's validation score
+    stage_starts: list[tuple[float, str]]  # where each stage begins (several stages only)
+
+
+def plot_points(stages: list[StageRun]) -> PlotPoints:
+    """The points of :func:`plot_scores`: every validated prompt, and each stage's chosen one."""
+    points = PlotPoints([], [], [], [], None, [])
+    offset = 0
+    for stage in stages:
+        steps = len(stage.train_scores)
+        if len(stages) > 1:
+            points.stage_starts.append((offset + 0.5, stage.predictor))
+        for i, (score, value) in enumerate(
+            zip(stage.train_scores, stage.validation_per_step, strict=True), offset + 1
+        ):
+            points.train.append((i, score))
+            if value is not None:
+                points.steps_validated.append((i, value))
+        choice_x = offset + steps + 1
+        for text, value in stage.validation.items():
+            if text != stage.instructions:
+                points.candidates.append((choice_x, value))
+        if stage.instructions in stage.validation:
+            points.chosen.append(
+                (choice_x, stage.validation[stage.instructions], stage.instructions)
+            )
+        offset += steps + 1
+    first = stages[0] if stages else None
+    if first is not None and first.start_instructions in first.validation:
+        points.start = first.validation[first.start_instructions]
+    return points
+
+
 def plot_scores(path: Path, stages: list[StageRun]) -> None:
-    """Train and validation score per step (stages one after another), as a PNG. Drawn on a
-    figure of its own, not through pyplot: a notebook's backend and figures stay as they are."""
+    """Train and validation scores per step (stages one after another), every prompt validated
+    for the final choice and the chosen one, as a PNG. Drawn on a figure of its own, not through
+    pyplot: a notebook's backend and figures stay as they are."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: no plot (pip install matplotlib).")
         return
-    figure = Figure(figsize=(6, 3.5))
+    points = plot_points(stages)
+    figure = Figure(figsize=(6.5, 3.8))
     axes = figure.subplots()
-    train, checked, offset = [], [], 0
-    for stage in stages:
-        for i, (score, value) in enumerate(
-            zip(stage.train_scores, stage.validation_per_step, strict=True), offset + 1
-        ):
-            train.append((i, score))
-            if value is not None:
-                checked.append((i, value))
-        if len(stages) > 1 and stage.history:
-            axes.axvline(offset + 0.5, color="lightgrey")
-            axes.text(
-                offset + 0.6,
-                0.02,
-                stage.predictor,
-                fontsize=7,
-                rotation=90,
-                transform=axes.get_xaxis_transform(),
-            )
-        offset += len(stage.history)
-    if train:
-        axes.plot(*zip(*train, strict=True), marker="o", label="train batch (metric)")
-    if checked:
-        axes.plot(*zip(*checked, strict=True), marker="s", label="validation")
-    starts = [
-        s.validation[s.start_instructions]
-        for s in stages[:1]
-        if s.start_instructions in s.validation
-    ]
-    if starts:
-        axes.axhline(starts[0], color="grey", linestyle="--", label="start (validation)")
-    axes.set_xlabel("step")
+    for x, name in points.stage_starts:
+        axes.axvline(x, color="lightgrey")
+        axes.text(
+            x + 0.1, 0.02, name, fontsize=7, rotation=90, transform=axes.get_xaxis_transform()
+        )
+    if points.train:
+        axes.plot(*zip(*points.train, strict=True), marker="o", label="train batch (metric)")
+    if points.steps_validated:
+        axes.plot(
+            *zip(*points.steps_validated, strict=True),
+            marker="s",
+            linestyle="none",
+            label="step's prompt (validation)",
+        )
+    if points.candidates:
+        axes.scatter(
+            *zip(*points.candidates, strict=True),
+            marker="x",
+            color="grey",
+            label="other prompts validated",
+        )
+    for i, (x, value, _) in enumerate(points.chosen):
+        axes.scatter(
+            [x],
+            [value],
+            marker="*",
+            s=160,
+            color="crimson",
+            zorder=3,
+            label="chosen (validation)" if i == 0 else None,
+        )
+        axes.annotate(f"{value:.2f}", (x, value), textcoords="offset points", xytext=(6, 4))
+    if points.start is not None:
+        axes.axhline(points.start, color="grey", linestyle="--", label="start (validation)")
+    axes.set_xlabel("step (the last column: the final choice)")
     axes.set_ylabel("score")
     axes.set_title("GReaTer")
-    axes.legend()
+    axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

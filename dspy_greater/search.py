@@ -19,7 +19,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .engines.base import GradientModel, Reasoner, RenderedExample, Renderer
+from .adapters.base import GradientModel, Reasoner, RenderedExample, Renderer
 
 logger = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ def run_greater(
     """Run the GReaTer search on ``examples`` from ``initial_prompt``; return the best prompts.
 
     The reasoner and the gradient model must be one model; check it first with
-    :func:`~dspy_greater.engines.same_model.check_same_model`.
+    :func:`~dspy_greater.adapters.same_model.check_same_model`.
 
     Args:
         examples: Whatever ``renderer`` renders (objects with ``question`` and ``answer`` for the

@@ -12,21 +12,16 @@ from typing import Any
 
 import dspy
 
-from .adapter import ForcedExtractionAdapter
-from .bridge import (
-    AnswerMetricScorer,
-    InstructionsEvaluator,
-    PipelineScorer,
-    StageEngines,
-    examples_digest,
-    stage_targets,
-    trace_program,
-)
 from .errors import GreaterError
+from .forced_extraction import ForcedExtractionAdapter
+from .identity import examples_digest
+from .program import AnswerMetricScorer, InstructionsEvaluator, PipelineScorer
 from .renderers import AdapterRenderer
 from .report import StageRun, stage_json
 from .rundir import RunDir, write_json_atomically
 from .search import GreaterConfig, Scorer, StepRecord, run_greater
+from .stage_engines import StageEngines
+from .targets import stage_targets, trace_program
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """GReaTer as a DSPy optimizer: ``GReaTer(metric=...).compile(program, trainset=...)``.
 
-This module only orchestrates: :mod:`~dspy_greater.bridge` says what the program, its metric,
-examples and LMs mean to the search; :mod:`~dspy_greater.stages` optimizes one predictor with
+This module only orchestrates: :mod:`~dspy_greater.program` says what the program, its metric and
+examples mean to the search, :mod:`~dspy_greater.stage_engines` which engines are behind its LMs;
+:mod:`~dspy_greater.stages` optimizes one predictor with
 :func:`~dspy_greater.search.run_greater`; :mod:`~dspy_greater.report` reports the run.
 """
 
@@ -18,14 +19,17 @@ from typing import Any
 import dspy
 from dspy.teleprompt import Teleprompter
 
-from . import bridge
-from .adapter import ForcedExtractionAdapter
+from . import program as contract
+from .forced_extraction import ForcedExtractionAdapter
+from .identity import examples_digest, metric_identity
 from .lm import cancel_local_calls
 from .logs import generation_counts, truncation_note
 from .report import GReaTerRun, StageRun, log_summary, plot_scores, stage_json
 from .rundir import RunDir
 from .search import BUDGETS, Budget, GreaterConfig, StepRecord
+from .stage_engines import configured_adapter, stage_engines
 from .stages import CompileRun, optimize_stage
+from .targets import target_field
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +70,9 @@ class GReaTer(Teleprompter):
         seed: The search's seed.
         dtype: The gradient model's dtype; None for the task engine's (``local_lm`` on
             ``"qwen2.5-coder-1.5b"``: bfloat16), else ``gradient_model``'s registered one, else
-            float32.
-        device: The gradient model's device (``"cuda"`` where there is a GPU).
+            bfloat16 on a GPU and float32 on the CPU.
+        device: The gradient model's device: ``"auto"`` (CUDA where torch sees a GPU, else the
+            CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         validate_every_step: Also score every step's prompt on the valset (for the plot), not
             only the start and the best ``keep_top`` prompts by training score at the end, among
             which the valset chooses either way. Off by default: on the light budget it cost
@@ -95,7 +100,7 @@ class GReaTer(Teleprompter):
         max_errors: int | None = None,
         seed: int = 0,
         dtype: str | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         validate_every_step: bool = False,
         progress: bool = True,
         on_step: Callable[[StepRecord], None] | None = None,
@@ -149,24 +154,24 @@ class GReaTer(Teleprompter):
                 "uses 50; the light budget uses 8 for the search)."
             )
         program = student.deepcopy()
-        stages = bridge.predictors_to_optimize(program, self.predictor)
-        starts = bridge.starting_instructions(stages, self.initial_instructions)
+        stages = contract.predictors_to_optimize(program, self.predictor)
+        starts = contract.starting_instructions(stages, self.initial_instructions)
         config = self.search_config()
         # Every stage needs two output fields: checked before any work.
-        targets = {name: bridge.target_field(name, p.signature) for name, p in stages}
+        targets = {name: target_field(name, p.signature) for name, p in stages}
         inputs, label = None, None  # a pipeline: the examples' own inputs, no label needed
         if len(stages) == 1:
             [(name, predictor)] = stages
             inputs, label = list(predictor.signature.input_fields), targets[name]
-        trainset = bridge.checked_examples("trainset", trainset, inputs, label)
+        trainset = contract.checked_examples("trainset", trainset, inputs, label)
         split_off = valset is None
         if valset is None:
-            trainset, valset = bridge.split_validation(trainset)
+            trainset, valset = contract.split_validation(trainset)
         else:
-            valset = bridge.checked_examples("valset", valset, inputs, label)
+            valset = contract.checked_examples("valset", valset, inputs, label)
 
-        adapter = self.adapter or bridge.configured_adapter()
-        engines = bridge.stage_engines(
+        adapter = self.adapter or configured_adapter()
+        engines = stage_engines(
             stages,
             adapter,
             task_lm=self.task_lm,
@@ -183,13 +188,13 @@ class GReaTer(Teleprompter):
         identity = {
             "search": asdict(config),
             "rounds": self.rounds,
-            "predictors": {name: bridge.describe(p.signature) for name, p in stages},
+            "predictors": {name: contract.describe(p.signature) for name, p in stages},
             "start": starts,
             "placement": adapter.instructions,
             "model": model,
-            "trainset": bridge.examples_digest(trainset),
-            "valset": bridge.examples_digest(valset),
-            "metric": bridge.metric_identity(self.metric),
+            "trainset": examples_digest(trainset),
+            "valset": examples_digest(valset),
+            "metric": metric_identity(self.metric),
             "metric_threshold": self.metric_threshold,
         }
         store = RunDir(folder, identity, resume=resume)
@@ -213,7 +218,7 @@ class GReaTer(Teleprompter):
             num_threads=self.num_threads,
             max_errors=max_errors,
             single=len(stages) == 1,
-            validation=bridge.InstructionsEvaluator(
+            validation=contract.InstructionsEvaluator(
                 program,
                 valset,
                 self.metric,
@@ -221,7 +226,7 @@ class GReaTer(Teleprompter):
                 progress=self.progress,  # a pass over the valset can take minutes
                 **evaluator,
             ),
-            training=bridge.InstructionsEvaluator(
+            training=contract.InstructionsEvaluator(
                 program, trainset[: config.num_examples], self.metric, **evaluator
             ),
             validate_every_step=self.validate_every_step,

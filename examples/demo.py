@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import dspy
 
 import dspy_greater
-from dspy_greater import PAPER_PROMPT, ForcedExtractionAdapter, GReaTer
-from dspy_greater.data import scores
+from dspy_greater import PAPER_PROMPT, ForcedExtractionAdapter, GReaTer, stats
 from dspy_greater.lm import local_lm
 from dspy_greater.loaders import load_task
 from dspy_greater.logs import configure_logging
 from dspy_greater.models import DEFAULT_MODEL, EMBEDDED_MODELS
+from dspy_greater.stats import scores
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def main() -> None:
     )
     n = len(test)
     before, after = sum(start_scores) / n, sum(result_scores) / n
-    se = dspy_greater.standard_error
+    se = stats.standard_error
     print(f"\nGReaTer on {task.name} with {EMBEDDED_MODELS[args.model].title} (CPU), {steps} steps")
     print(f"  start:     {run.start_instructions!r}")
     print(f"  optimized: {run.instructions!r}")
@@ -101,10 +101,10 @@ def main() -> None:
     print(
         f"  test ({n} questions, never used for selection): {before:.2f} ± {se(before, n):.2f} "
         f"-> {after:.2f} ± {se(after, n):.2f}; majority-class rate "
-        f"{dspy_greater.majority_class_rate(test):.2f}"
+        f"{stats.majority_class_rate(test):.2f}"
     )
     # paired: both prompts answered the same questions
-    print(f"  against the start: {dspy_greater.paired_change(start_scores, result_scores)}")
+    print(f"  against the start: {stats.paired_change(start_scores, result_scores)}")
     print(
         f"  run directory: {run.run_dir} (scores.png, run.json); "
         f"{time.perf_counter() - started:.0f} s in all"

@@ -25,12 +25,12 @@ from typing import Any, Literal
 import dspy
 
 import dspy_greater
-from dspy_greater import ForcedExtractionAdapter, GReaTer
+from dspy_greater import ForcedExtractionAdapter, GReaTer, stats
 from dspy_greater.lm import local_lm
 
 
 def answer_type(examples: list[dspy.Example]) -> Any:
-    labels = dspy_greater.closed_labels(examples)
+    labels = dspy_greater.data.closed_labels(examples)
     return Literal[labels] if labels else str
 
 
@@ -97,7 +97,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     test = splits.test[: args.test]
     program = PIPELINES[name](answer_type(examples))
     started = time.perf_counter()
-    pass_rate = dspy_greater.accuracy(program, splits.train)
+    pass_rate = stats.accuracy(program, splits.train)
     run_dir = os.path.join(args.run_root, name) if args.run_root else None
     optimizer = GReaTer(
         metric=dspy_greater.bbh_metric, auto="light", steps=args.steps, run_dir=run_dir
@@ -108,7 +108,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         valset=splits.dev,
         resume=bool(run_dir and os.path.exists(run_dir)),
     )
-    before, after = dspy_greater.accuracy(program, test), dspy_greater.accuracy(compiled, test)
+    before, after = stats.accuracy(program, test), stats.accuracy(compiled, test)
     return {
         "pipeline": name,
         "task": args.task,
@@ -117,7 +117,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "test_size": len(test),
         "before": before,
         "after": after,
-        "majority": dspy_greater.majority_class_rate(test),
+        "majority": stats.majority_class_rate(test),
         "stages": compiled.greater_run.stages,
         "seconds": time.perf_counter() - started,
     }
@@ -147,7 +147,7 @@ def main() -> None:
     dspy.configure(lm=local_lm(max_tokens=128), adapter=ForcedExtractionAdapter())
     names = list(PIPELINES) if args.pipeline == "both" else [args.pipeline]
     results = [run(name, args) for name in names]
-    se = dspy_greater.standard_error
+    se = stats.standard_error
     print(
         "\n| pipeline | task | passing on train | test: start | test: GReaTer | majority | "
         "time |\n| --- | --- | --- | --- | --- | --- | --- |"

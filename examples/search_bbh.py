@@ -12,9 +12,9 @@ import argparse
 import logging
 
 import dspy_greater
-from dspy_greater.engines import make_reasoner
-from dspy_greater.engines.hf import HFGradientModel
-from dspy_greater.engines.same_model import check_same_model
+from dspy_greater.adapters import make_reasoner
+from dspy_greater.adapters.hf_gradient import HFGradientModel
+from dspy_greater.adapters.same_model import check_same_model
 from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.search import PAPER_PROMPT, GreaterConfig, run_greater
 

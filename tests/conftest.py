@@ -82,7 +82,7 @@ def tiny_model(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_reasoner(smollm2: Path):
     """The offline vLLM reasoner on the embedded model (one engine for the whole session)."""
-    from dspy_greater.engines.vllm_engine import VLLMReasoner
+    from dspy_greater.adapters.vllm_engine import VLLMReasoner
 
     reasoner = VLLMReasoner(smollm2, dtype="float32", max_model_len=2048, log_stats=True)
     yield reasoner

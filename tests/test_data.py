@@ -144,7 +144,7 @@ def test_a_failed_example_counts_as_wrong_and_is_counted_aloud(vllm_reasoner, ca
     """A question too long for the engine's context fails (ContextTooLong): the others are still
     scored, it counts as wrong, and a warning says how many failed. The metric counts every
     answer right, so that the score tells answered from failed whatever the model answers."""
-    from dspy_greater.adapter import ForcedExtractionAdapter
+    from dspy_greater.forced_extraction import ForcedExtractionAdapter
     from dspy_greater.lm import local_lm
     from dspy_greater.loaders import load_task
 
@@ -167,7 +167,7 @@ def test_a_failed_example_counts_as_wrong_and_is_counted_aloud(vllm_reasoner, ca
 def test_an_evaluation_where_every_call_failed_is_an_error_not_zero():
     """A stopped server (or a dead engine) fails every call: that is no accuracy of 0, and the
     error names the first failure and what to check."""
-    from dspy_greater.engines.vllm_server import free_port
+    from dspy_greater.adapters.vllm_server import free_port
     from dspy_greater.loaders import load_task
 
     task = load_task("sports_understanding", dev=3)

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dspy_greater import models
-from dspy_greater.engines.float32_compute import Float32ComputeLinear, compute_in_float32
-from dspy_greater.engines.hf import HFGradientModel
+from dspy_greater.adapters.float32_compute import Float32ComputeLinear, compute_in_float32
+from dspy_greater.adapters.hf_gradient import HFGradientModel
 from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.search import PAPER_PROMPT
 

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from dspy_greater.engines.hf import HFGradientModel
+from dspy_greater.adapters.hf_gradient import HFGradientModel
 from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.search import PAPER_PROMPT, readable_tokens
 
@@ -130,7 +130,7 @@ def test_gradient_ranks_candidates_like_exact_substitution_on_smollm2(smollm2, r
     needs: across prompt positions the rank correlation is positive on average (chance is 0).
     """
     import dspy_greater
-    from dspy_greater.engines.hf import HFReasoner
+    from dspy_greater.adapters.hf_reasoner import HFReasoner
 
     model = HFGradientModel(smollm2)
     renderer = ChatTemplateRenderer(model.tokenizer)
@@ -177,7 +177,8 @@ def test_a_prefix_all_examples_share_is_run_once_and_changes_nothing(tiny_model)
     example, so a step runs it once; the gradients equal those with it run for each example."""
     import dspy
 
-    from dspy_greater import AdapterRenderer, ForcedExtractionAdapter
+    from dspy_greater import ForcedExtractionAdapter
+    from dspy_greater.renderers import AdapterRenderer
     from tests.helpers import even_questions
 
     model = full_precision(HFGradientModel(tiny_model, dtype="float64"))

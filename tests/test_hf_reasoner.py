@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dspy_greater.engines.base import Reasoner
-from dspy_greater.engines.hf import HFReasoner
+from dspy_greater.adapters.base import Reasoner
+from dspy_greater.adapters.hf_reasoner import HFReasoner
 from dspy_greater.errors import DeviceUnavailable, NotEnoughMemory
 
 CONV = [{"role": "user", "content": "Name a colour."}]
@@ -67,7 +67,7 @@ def test_missing_gpu_and_missing_folder_are_named(tiny_model, tmp_path):
 def test_a_model_the_free_memory_cannot_hold_is_refused_before_loading(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from dspy_greater.engines.hf import check_memory, parameter_count
+    from dspy_greater.adapters.hf_loading import check_memory, parameter_count
 
     count = parameter_count(tiny_model)
     loaded = AutoModelForCausalLM.from_pretrained(tiny_model)

@@ -11,7 +11,7 @@ def run_python(code: str) -> str:
 
 def test_import_leaves_heavy_libraries_unloaded():
     out = run_python(
-        "import sys, dspy_greater\n"
+        "import sys, dspy_greater, dspy_greater.models\n"
         "print(sorted(m for m in ('torch', 'vllm', 'transformers') if m in sys.modules))"
     )
     assert out == "[]"
@@ -20,9 +20,9 @@ def test_import_leaves_heavy_libraries_unloaded():
 def test_data_and_model_path_helpers_do_not_load_torch():
     # Loading BBH data and locating the cache are everyday calls; they must stay light too.
     out = run_python(
-        "import sys, dspy_greater\n"
-        "dspy_greater.load_bbh('boolean_expressions'); dspy_greater.cache_dir()\n"
-        "import dspy_greater.engines\n"
+        "import sys, dspy_greater, dspy_greater.models\n"
+        "dspy_greater.load_bbh('boolean_expressions'); dspy_greater.models.cache_dir()\n"
+        "import dspy_greater.adapters\n"
         "print('torch' in sys.modules, 'vllm' in sys.modules)"
     )
     assert out == "False False"
@@ -40,28 +40,23 @@ def test_unknown_attribute_is_an_attribute_error():
 
 
 def test_the_search_and_the_engines_load_no_dspy():
-    # The algorithm and the engines stand alone; only the bridge to DSPy imports it.
+    # The algorithm and the engines stand alone; only the modules that face DSPy import it.
     out = run_python(
         "import sys\n"
-        "import dspy_greater.search, dspy_greater.engines, dspy_greater.engines.base\n"
-        "import dspy_greater.engines.hf, dspy_greater.engines.vllm_engine\n"
-        "import dspy_greater.engines.vllm_server, dspy_greater.engines.same_model\n"
+        "import dspy_greater.search, dspy_greater.adapters, dspy_greater.adapters.base\n"
+        "import dspy_greater.adapters.hf_loading, dspy_greater.adapters.hf_reasoner\n"
+        "import dspy_greater.adapters.hf_gradient, dspy_greater.adapters.vllm_engine\n"
+        "import dspy_greater.adapters.vllm_server, dspy_greater.adapters.same_model\n"
         "print(sorted(m for m in sys.modules if m == 'dspy' or m.startswith('dspy.')))"
     )
     assert out == "[]"
 
 
-def test_moved_modules_keep_working_with_a_deprecation_warning():
-    import warnings
+def test_the_public_names_are_the_users_api_and_all_resolve():
+    import dspy_greater
 
-    import dspy_greater.lm
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        from dspy_greater.adapters.lm import LocalEngine, local_lm
-        from dspy_greater.extract import ForcedExtractionAdapter
-    assert local_lm is dspy_greater.lm.local_lm and LocalEngine is dspy_greater.lm.LocalEngine
-    assert ForcedExtractionAdapter is dspy_greater.ForcedExtractionAdapter
-    messages = [str(w.message) for w in caught if w.category is DeprecationWarning]
-    assert any("dspy_greater.adapters.lm is deprecated" in m for m in messages)
-    assert any("dspy_greater.extract is deprecated" in m for m in messages)
+    assert dspy_greater.__all__ == ["__version__", *dspy_greater._LAZY]
+    for name in dspy_greater.__all__:
+        assert getattr(dspy_greater, name) is not None
+    # statistics helpers are in their module, not the top level
+    assert "standard_error" not in dspy_greater.__all__

@@ -13,9 +13,9 @@ import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
 
-from dspy_greater.engines import make_reasoner
-from dspy_greater.engines.base import chat_prompt_ids
-from dspy_greater.engines.hf import HFReasoner
+from dspy_greater.adapters import make_reasoner
+from dspy_greater.adapters.base import chat_prompt_ids
+from dspy_greater.adapters.hf_reasoner import HFReasoner
 from dspy_greater.errors import GreaterError
 from dspy_greater.lm import LocalEngine, cancel_local_calls, local_lm
 

@@ -330,7 +330,7 @@ def test_the_registry_and_model_names():
 def test_the_gradient_model_follows_the_engine_unless_told():
     """The gradient model's dtype: asked for by name, else the task engine's, else the registry's
     (on a CPU without AVX-512 a bfloat16 one computes in float32: test_float32_compute.py)."""
-    from dspy_greater.bridge import gradient_dtype
+    from dspy_greater.stage_engines import gradient_dtype
 
     class Engine:
         dtype = "bfloat16"
@@ -340,3 +340,22 @@ def test_the_gradient_model_follows_the_engine_unless_told():
     assert gradient_dtype(None, object(), "qwen2.5-coder-1.5b") == qwen
     assert gradient_dtype(None, object(), None) == "float32"
     assert gradient_dtype("float32", Engine(), None) == "float32"  # asked for
+    # on a GPU, a folder's gradient model defaults to bfloat16
+    assert gradient_dtype(None, object(), None, "cuda") == "bfloat16"
+    assert gradient_dtype(None, object(), "/some/folder", "cuda:0") == "bfloat16"
+    assert gradient_dtype(None, object(), "/some/folder", "cpu") == "float32"
+
+
+def test_device_auto_is_cuda_where_torch_sees_a_gpu(monkeypatch):
+    import torch
+
+    from dspy_greater.adapters.hf_loading import resolve_device
+    from dspy_greater.errors import DeviceUnavailable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(DeviceUnavailable, match="no CUDA GPU"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cuda:1") == "cuda:1"

@@ -1,4 +1,4 @@
-"""The distribution ships the package with its engines, the BBH files and py.typed."""
+"""The distribution ships `adapters/` as `dspy_greater.adapters`, the BBH files and py.typed."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def test_wheel_contents_and_a_normal_install_import(tmp_path):
     shutil.rmtree(ROOT / "build", ignore_errors=True)
     [wheel] = (tmp_path / "dist").glob("dspy_greater-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "dspy_greater/engines/__init__.py" in names
-    assert "dspy_greater/engines/hf.py" in names
+    assert "dspy_greater/adapters/__init__.py" in names
+    assert "dspy_greater/adapters/hf_gradient.py" in names
     assert "dspy_greater/py.typed" in names
     assert "dspy_greater/tasks/bbh/LICENSE" in names
     assert "dspy_greater/tasks/bbh/sports_understanding.json" in names
@@ -58,7 +58,7 @@ def test_wheel_contents_and_a_normal_install_import(tmp_path):
         capture_output=True,
     )
     code = (
-        "import dspy_greater.engines.base as b, dspy_greater; "
+        "import dspy_greater.adapters.base as b, dspy_greater; "
         "print(b.__file__); print(len(dspy_greater.load_bbh('sports_understanding')))"
     )
     out = subprocess.run(
@@ -86,11 +86,11 @@ def test_a_source_checkout_imports_its_engines_without_installing(tmp_path):
             "-I",
             "-c",
             f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-            "import dspy_greater.engines.hf as m; print(m.__file__)",
+            "import dspy_greater.adapters.hf_gradient as m; print(m.__file__)",
         ],
         cwd=tmp_path,
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    assert Path(out) == ROOT / "dspy_greater" / "engines" / "hf.py"
+    assert Path(out).resolve() == ROOT / "adapters" / "hf_gradient.py"

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def qwen_engines():
     """Qwen's vLLM reasoner and transformers gradient model, in their default dtypes."""
-    from dspy_greater.engines.hf import shared_gradient_model
-    from dspy_greater.engines.vllm_engine import VLLMReasoner
+    from dspy_greater.adapters.hf_gradient import shared_gradient_model
+    from dspy_greater.adapters.vllm_engine import VLLMReasoner
 
     folder = dspy_greater.embedded_model(QWEN_CODER.name)
     dtype = registered_dtype(QWEN_CODER.name)
@@ -49,7 +49,7 @@ def test_qwen_engines_agree_generate_answer_and_give_a_gradient(qwen_engines, re
     import dspy
 
     from dspy_greater import ForcedExtractionAdapter
-    from dspy_greater.engines.same_model import check_same_model
+    from dspy_greater.adapters.same_model import check_same_model
     from dspy_greater.lm import local_lm
     from dspy_greater.renderers import ChatTemplateRenderer
     from dspy_greater.search import PAPER_PROMPT, readable_tokens

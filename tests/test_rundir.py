@@ -7,7 +7,8 @@ from dataclasses import asdict
 
 import pytest
 
-from dspy_greater.engines.hf import HFGradientModel, HFReasoner
+from dspy_greater.adapters.hf_gradient import HFGradientModel
+from dspy_greater.adapters.hf_reasoner import HFReasoner
 from dspy_greater.errors import GreaterError
 from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.rundir import GenerationStore, RunDir, RunDirMismatch

@@ -8,8 +8,9 @@ from dataclasses import asdict
 import pytest
 
 import dspy_greater
-from dspy_greater.engines.hf import HFGradientModel, HFReasoner
-from dspy_greater.engines.same_model import ModelMismatch, check_same_model
+from dspy_greater.adapters.hf_gradient import HFGradientModel
+from dspy_greater.adapters.hf_reasoner import HFReasoner
+from dspy_greater.adapters.same_model import ModelMismatch, check_same_model
 from dspy_greater.errors import DeviceUnavailable
 from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.search import (
@@ -307,7 +308,7 @@ def test_one_gradient_model_per_folder_and_dtype_while_it_is_in_use(tiny_model):
 
     import torch
 
-    from dspy_greater.engines.hf import shared_gradient_model
+    from dspy_greater.adapters.hf_gradient import shared_gradient_model
 
     first = shared_gradient_model(tiny_model)
     assert shared_gradient_model(str(tiny_model) + "/") is first  # the same folder

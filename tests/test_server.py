@@ -8,8 +8,8 @@ import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
 
-from dspy_greater.engines.vllm_server import ServerUnavailable, free_port, launch_vllm_server
-from dspy_greater.lm import ServerReasoner
+from dspy_greater.adapters.vllm_server import ServerUnavailable, free_port, launch_vllm_server
+from dspy_greater.server_reasoner import ServerReasoner
 
 SERVED_NAME = "smollm2"
 
@@ -86,7 +86,7 @@ def test_a_port_in_use_is_refused(server, smollm2):
 
 @pytest.mark.parametrize("model", [f"hosted_vllm/{SERVED_NAME}", f"openai/{SERVED_NAME}"])
 def test_the_forced_extraction_adapter_runs_on_the_server(server, vllm_reasoner, model):
-    from dspy_greater.adapter import ForcedExtractionAdapter
+    from dspy_greater.forced_extraction import ForcedExtractionAdapter
     from dspy_greater.lm import local_lm
 
     questions = ["Is Paris in France?", "Is the sun cold?"]

@@ -12,10 +12,10 @@ import dspy
 import pytest
 
 from dspy_greater import ForcedExtractionAdapter, GReaTer
-from dspy_greater.bridge import stage_examples, trace_program
-from dspy_greater.engines.hf import HFReasoner
+from dspy_greater.adapters.hf_reasoner import HFReasoner
 from dspy_greater.errors import GreaterError
 from dspy_greater.lm import local_lm
+from dspy_greater.targets import stage_examples, trace_program
 from tests.helpers import even_questions, tiny_config
 
 CONFIG = tiny_config(num_examples=4)

@@ -13,10 +13,10 @@ import dspy
 import pytest
 
 from dspy_greater import GReaTer, bbh_metric
-from dspy_greater.adapter import ForcedExtractionAdapter
-from dspy_greater.engines.hf import HFReasoner
-from dspy_greater.engines.same_model import ModelMismatch
+from dspy_greater.adapters.hf_reasoner import HFReasoner
+from dspy_greater.adapters.same_model import ModelMismatch
 from dspy_greater.errors import GreaterError
+from dspy_greater.forced_extraction import ForcedExtractionAdapter
 from dspy_greater.lm import local_lm
 from dspy_greater.search import GreaterConfig
 from tests.helpers import even_questions, tiny_config
@@ -372,7 +372,7 @@ def test_a_metric_is_identified_alike_in_every_process():
     process (where every memory address differs), and differs for other arguments."""
     script = (
         "import json, functools, sys; sys.path.insert(0, {root!r});"
-        "from dspy_greater.bridge import metric_identity;"
+        "from dspy_greater.identity import metric_identity;"
         "from tests.test_teleprompter import ThresholdMetric, scaled_metric;"
         "print(json.dumps([metric_identity(ThresholdMetric(0.5)),"
         " metric_identity(functools.partial(scaled_metric, scale=2.0))]))"
@@ -393,7 +393,7 @@ def test_a_metric_is_identified_alike_in_every_process():
     assert "0x" not in json.dumps(first)
     from functools import partial
 
-    from dspy_greater.bridge import metric_identity
+    from dspy_greater.identity import metric_identity
 
     assert metric_identity(partial(scaled_metric, scale=3.0)) != first[1]
     assert metric_identity(ThresholdMetric(0.7)) != first[0]
@@ -417,6 +417,27 @@ def test_the_plot_leaves_matplotlib_as_the_user_set_it(tmp_path):
         assert plt.get_fignums() == []
     finally:
         matplotlib.use(backend)
+
+
+def test_the_plot_marks_every_validated_prompt_and_the_chosen_one():
+    from dspy_greater.report import StageRun, plot_points
+
+    # the start validated at 0.44 at every step; a prompt no step ended on chosen at 0.50
+    validation = {"Start.": 0.44, "Start now.": 0.50, "Go.": 0.31}
+    stage = StageRun(
+        "predict", 0, "Start.", "Start now.", validation, [0.5, 0.6], [0.44, 0.44], "labels", 4
+    )
+    points = plot_points([stage])
+    assert points.train == [(1, 0.5), (2, 0.6)]
+    assert points.steps_validated == [(1, 0.44), (2, 0.44)]
+    assert points.chosen == [(3, 0.50, "Start now.")]  # one step after the last
+    assert sorted(points.candidates) == [(3, 0.31), (3, 0.44)]
+    assert points.start == 0.44
+
+    second = StageRun("answer", 0, "A.", "A.", {"A.": 0.7}, [0.7], [None], "traces", 4)
+    points = plot_points([stage, second])
+    assert points.chosen[1] == (5, 0.7, "A.")  # the second stage starts after the first's choice
+    assert points.stage_starts == [(0.5, "predict"), (3.5, "answer")]
 
 
 class _BuggyLogprobs(HFReasoner):

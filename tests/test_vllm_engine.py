@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from dspy_greater.engines.base import Reasoner
-from dspy_greater.engines.hf import HFGradientModel, HFReasoner
-from dspy_greater.engines.same_model import ModelMismatch, check_same_model
-from dspy_greater.engines.vllm_engine import VLLMReasoner, apply_cpu_defaults
+from dspy_greater.adapters.base import Reasoner
+from dspy_greater.adapters.hf_gradient import HFGradientModel
+from dspy_greater.adapters.hf_reasoner import HFReasoner
+from dspy_greater.adapters.same_model import ModelMismatch, check_same_model
+from dspy_greater.adapters.vllm_engine import VLLMReasoner, apply_cpu_defaults
 from dspy_greater.errors import EngineStartFailed
 from tests.conftest import broken_copy
 
@@ -98,13 +99,13 @@ def test_cpu_defaults_respect_the_user(monkeypatch):
 def test_missing_vllm_names_the_extra(monkeypatch, tiny_model, caplog):
     import sys
 
-    from dspy_greater.engines import make_reasoner
-    from dspy_greater.engines.vllm_engine import VLLMNotInstalled, import_vllm
+    from dspy_greater.adapters import make_reasoner
+    from dspy_greater.adapters.vllm_engine import VLLMNotInstalled, import_vllm
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # what Python does for a missing package
     with pytest.raises(VLLMNotInstalled, match=r"dspy-greater\[cpu\]"):
         import_vllm()
-    with caplog.at_level("WARNING", logger="dspy_greater.engines"):
+    with caplog.at_level("WARNING", logger="dspy_greater.adapters"):
         reasoner = make_reasoner(tiny_model)  # auto: falls back to transformers, and says so
     assert isinstance(reasoner, HFReasoner)
     assert any("vLLM is not installed" in r.getMessage() for r in caplog.records)
@@ -134,7 +135,7 @@ def test_a_start_that_hangs_is_stopped(smollm2):
 # watcher's signal came after the start had returned and ended the process, exit -10).
 LATE_WATCHER = """
 import multiprocessing, threading, time, types
-from dspy_greater.engines import vllm_engine
+from dspy_greater.adapters import vllm_engine
 
 kill = vllm_engine._kill
 def kill_slowly(processes):

@@ -88,7 +88,7 @@ def test_bad_inputs_are_named(tokenizer):
 @pytest.mark.parametrize("placement", ["after_question", "before_question"])
 def test_messages_render_to_the_context(tokenizer, placement):
     """Reasoners are sent messages; their chat-template tokens must be the rendered context."""
-    from dspy_greater.engines.base import chat_prompt_ids
+    from dspy_greater.adapters.base import chat_prompt_ids
 
     renderer = ChatTemplateRenderer(tokenizer, placement=placement)
     example = QA("Is Messi a footballer?", "yes")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from .engines.base import Conversation
+from .adapters.base import Conversation
 from .errors import GreaterError
 from .lm import local_reasoner
 from .values import closed_choices, json_value, parse_field

@@ -14,10 +14,11 @@ import pytest
 from dspy.utils.exceptions import AdapterParseError
 
 import dspy_greater
-from dspy_greater.adapter import CannotContinue, ForcedExtractionAdapter
-from dspy_greater.engines.base import chat_prompt_ids
-from dspy_greater.engines.hf import HFGradientModel, HFReasoner
+from dspy_greater.adapters.base import chat_prompt_ids
+from dspy_greater.adapters.hf_gradient import HFGradientModel
+from dspy_greater.adapters.hf_reasoner import HFReasoner
 from dspy_greater.errors import GreaterError, SlotError
+from dspy_greater.forced_extraction import CannotContinue, ForcedExtractionAdapter
 from dspy_greater.lm import LocalEngine, local_lm
 from dspy_greater.renderers import AdapterRenderer
 from dspy_greater.values import map_to_choice, parse_field

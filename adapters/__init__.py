@@ -35,7 +35,7 @@ def make_reasoner(
     if backend == "vllm":
         return VLLMReasoner(model, **kwargs)
     if backend == "hf":
-        from .hf import HFReasoner
+        from .hf_reasoner import HFReasoner
 
         return HFReasoner(model, **kwargs)
     raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', got {backend!r}.")

@@ -1,255 +1,26 @@
-"""Hugging Face ``transformers`` engines: a ``generate`` reasoner and the gradient model."""
+"""The gradient model on ``transformers``: proposals, one-hot gradients and exact scores at a
+prompt slot."""
 
 from __future__ import annotations
 
 import copy
-import json
-import logging
 import math
 import os
-import struct
 import threading
 import weakref
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from ..errors import DeviceUnavailable, NotEnoughMemory
-from ..models import available_memory, fast_bfloat16
-from .base import Completion, ExampleScore, RenderedExample, TemplateChat
-
-logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> str:
-    """Check that ``device`` exists here; raise a clear error for a missing GPU."""
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceUnavailable(
-            f"device={device!r} was requested but torch sees no CUDA GPU on this machine "
-            f"(torch {torch.__version__}). Use device='cpu', or install a CUDA build of torch."
-        )
-    return device
-
-
-def check_model_path(model: str | os.PathLike[str]) -> str:
-    """Fail early on a local path that does not exist (transformers would try the Hub)."""
-    text = os.fspath(model)
-    looks_local = os.sep in text or text.startswith(".") or Path(text).exists()
-    if looks_local and not Path(text).is_dir():
-        raise FileNotFoundError(
-            f"No model folder at {text}. Pass a Hugging Face model folder, e.g. "
-            "dspy_greater.default_model() for the embedded SmolLM2."
-        )
-    return text
-
-
-BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
-# Memory for a model's weights in generation, and with a backward pass through ~600 tokens
-# (Qwen2.5-1.5B, 2 threads: bf16 5.2 GiB and fp32 10.3 GiB at peak, about 1.7x the weights).
-GENERATION_MEMORY = 1.2
-GRADIENT_MEMORY = 1.75
-# bfloat16 weights computing in float32 (float32_compute.py): the float32 figure, 1.75 × 4 bytes a
-# parameter, less the 2 bytes each bfloat16 weight saves: 5 bytes, in units of 2.
-FLOAT32_COMPUTE_MEMORY = 2.5
-
-
-def _tensor_headers(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every tensor's header (dtype, shape) in a folder's safetensors files."""
-    headers = []
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        with open(file, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        headers += [tensor for name, tensor in header.items() if name != "__metadata__"]
-    return headers
-
-
-def parameter_count(folder: str | os.PathLike[str]) -> int | None:
-    """The parameters in a folder's safetensors files, read from their headers (None where it
-    has none)."""
-    headers = _tensor_headers(folder)
-    return sum(math.prod(tensor["shape"]) for tensor in headers) if headers else None
-
-
-def stored_in_bfloat16(folder: str | os.PathLike[str]) -> bool:
-    """Whether a folder's weights are all stored in bfloat16 (then float32 adds no precision)."""
-    headers = _tensor_headers(folder) if Path(folder).is_dir() else []
-    return bool(headers) and all(tensor["dtype"] == "BF16" for tensor in headers)
-
-
-def check_memory(
-    folder: str | os.PathLike[str],
-    dtype: str,
-    *,
-    factor: float,
-    what: str,
-    available: int | None = None,
-) -> None:
-    """Refuse to load a model that the free memory cannot hold, before loading it."""
-    count = parameter_count(folder)
-    available = available_memory() if available is None else available
-    if count is None or available is None or dtype not in BYTES_PER_ELEMENT:
-        return
-    need = count * BYTES_PER_ELEMENT[dtype] * factor
-    if need <= available:
-        return
-    smaller = "load it in bfloat16 (dtype='bfloat16', CLI: --dtype bfloat16), " * (
-        dtype == "float32"
-    )
-    raise NotEnoughMemory(
-        f"{what} ({count / 1e9:.2f}B parameters in {dtype}) needs about {need / 2**30:.1f} GiB "
-        f"of memory, but only {available / 2**30:.1f} GiB are available (a vLLM engine holds its "
-        f"weights and KV cache): {smaller}lower VLLM_CPU_KVCACHE_SPACE, or stop other "
-        "processes."
-    )
-
-
-def load_causal_lm(
-    model: str | os.PathLike[str],
-    *,
-    dtype: str,
-    device: str,
-    memory: float = GENERATION_MEMORY,
-    role: str = "The model",
-) -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer for inference, on ``device`` in ``dtype``; on the
-    CPU, first check that ``memory`` times its weights fit in the free memory."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = check_model_path(model)
-    device = resolve_device(device)
-    if device == "cpu" and Path(path).is_dir():
-        check_memory(path, dtype, factor=memory, what=f"{role} of {path}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not tokenizer.chat_template:
-        raise ValueError(f"The tokenizer of {path} has no chat template; use an instruct model.")
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"The tokenizer of {path} is not a fast tokenizer (offsets are needed).")
-    lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    lm = lm.to(device).eval()
-    if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        raise ValueError(
-            f"The model in {path} has {lm.get_input_embeddings().weight.shape[0]} embeddings but "
-            f"its tokenizer has {len(tokenizer)} tokens: model and tokenizer disagree."
-        )
-    return lm, tokenizer
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-    return {i for i in ids if i is not None}
-
-
-def _prompt_logprobs(model: Any, ids: Sequence[int], device: str) -> list[float]:
-    import torch
-
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([list(ids)], device=device)).logits[0, :-1].float()
-    targets = torch.tensor(list(ids)[1:], device=device)
-    return torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0].tolist()
-
-
-class HFReasoner(TemplateChat):
-    """Greedy batched generation with ``transformers``' ``generate`` (left padding)."""
-
-    def __init__(
-        self,
-        model: str | os.PathLike[str],
-        *,
-        dtype: str = "float32",
-        device: str = "cpu",
-        batch_size: int = 8,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        self.model, self.tokenizer = load_causal_lm(model, dtype=dtype, device=device)
-        self.model_path = os.fspath(model)
-        self.dtype, self.device = dtype, device
-        self.generated_sequences = 0  # every completion this reasoner produced (for measuring)
-        self.truncated_sequences = 0  # those that stopped at max_new_tokens
-        self.batch_size = batch_size
-        self._eos = _eos_ids(self.model, self.tokenizer)
-        self._stop_criteria: dict[tuple[str, ...], Any] = {}
-
-    def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
-        return _prompt_logprobs(self.model, ids, self.device)
-
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        *,
-        max_new_tokens: int,
-        stop: Sequence[str] = (),
-        temperature: float = 0.0,
-    ) -> list[Completion]:
-        """Continue each token-id prompt, in batches of ``batch_size``: greedily, or sampled at
-        ``temperature`` above 0."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-        completions: list[Completion] = []
-        for start in range(0, len(prompts), self.batch_size):
-            batch = [list(p) for p in prompts[start : start + self.batch_size]]
-            completions.extend(self._generate(batch, max_new_tokens, list(stop), temperature))
-        self.generated_sequences += len(prompts)
-        self.truncated_sequences += sum(c.finish_reason == "length" for c in completions)
-        return completions
-
-    def _generate(
-        self, prompts: list[list[int]], max_new_tokens: int, stop: list[str], temperature: float
-    ) -> list[Completion]:
-        import torch
-
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor(
-            [[pad] * (width - len(p)) + p for p in prompts], device=self.device
-        )
-        mask = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
-        )
-        with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=temperature > 0,
-                **({"temperature": temperature, "top_k": 0} if temperature > 0 else {}),
-                pad_token_id=pad,
-                stopping_criteria=self._stopping(tuple(stop)),
-            )
-        return [self._completion(ids, max_new_tokens, stop) for ids in output[:, width:].tolist()]
-
-    def _stopping(self, stop: tuple[str, ...]) -> Any:
-        """Criteria that end a sequence at any of ``stop``, built once per stop list: building
-        them reads and hashes the whole vocabulary, which cost more than the generation itself
-        on small models when ``generate(stop_strings=...)`` did it on every call."""
-        from transformers import StoppingCriteriaList, StopStringCriteria
-
-        if not stop:
-            return None
-        if stop not in self._stop_criteria:
-            self._stop_criteria[stop] = StoppingCriteriaList(
-                [StopStringCriteria(self.tokenizer, list(stop))]
-            )
-        return self._stop_criteria[stop]
-
-    def _completion(self, ids: list[int], max_new_tokens: int, stop: list[str]) -> Completion:
-        cut = next((i for i, t in enumerate(ids) if t in self._eos), None)
-        ids = ids[:cut] if cut is not None else ids
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        hit = [text.index(s) for s in stop if s in text]
-        if hit:
-            text = text[: min(hit)]
-        finished = cut is not None or bool(hit) or len(ids) < max_new_tokens
-        return Completion(
-            text=text, token_ids=tuple(ids), finish_reason="stop" if finished else "length"
-        )
-
+from ..models import fast_bfloat16
+from .base import ExampleScore, RenderedExample
+from .hf_loading import (
+    FLOAT32_COMPUTE_MEMORY,
+    GRADIENT_MEMORY,
+    load_causal_lm,
+    prompt_logprobs,
+    resolve_device,
+    stored_in_bfloat16,
+)
 
 # Gradient models alive in this process, by (folder, dtype, device): a second compile, or the CLI
 # after a test, reuses the loaded one instead of holding the weights twice. Weak: nothing here
@@ -261,11 +32,11 @@ _GRADIENT_MODELS_LOCK = threading.Lock()
 
 
 def shared_gradient_model(
-    model: str | os.PathLike[str], *, dtype: str = "float32", device: str = "cpu"
+    model: str | os.PathLike[str], *, dtype: str = "float32", device: str = "auto"
 ) -> HFGradientModel:
     """The :class:`HFGradientModel` of ``model`` in ``dtype`` on ``device``: the one already
     loaded in this process if any is still in use, else a new one."""
-    key = (os.path.realpath(model), dtype, device)
+    key = (os.path.realpath(model), dtype, resolve_device(device))
     with _GRADIENT_MODELS_LOCK:
         found = _GRADIENT_MODELS.get(key)
         if found is None:
@@ -283,10 +54,11 @@ class HFGradientModel:
     """
 
     def __init__(
-        self, model: str | os.PathLike[str], *, dtype: str = "float32", device: str = "cpu"
+        self, model: str | os.PathLike[str], *, dtype: str = "float32", device: str = "auto"
     ) -> None:
         import torch
 
+        device = resolve_device(device)
         # bfloat16 weights with float32 arithmetic: for float32 of weights stored in bfloat16 (the
         # same numbers in half the memory), and for bfloat16 where it is slow (no AVX-512).
         upcast = device == "cpu" and (
@@ -474,7 +246,7 @@ class HFGradientModel:
         return total.tolist()
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[float]:
-        return _prompt_logprobs(self.model, ids, self.device)
+        return prompt_logprobs(self.model, ids, self.device)
 
     def _logprobs_at(
         self, hidden: Any, ids: Sequence[int], positions: Sequence[int]
