@@ -85,7 +85,7 @@ VARIANTS = {
     "none-after-inputs": ("none", ["--placement", "after_inputs"]),
     # from what a DSPy user's program holds before any optimizer: DSPy's default instruction
     # (on tracking_shuffled_objects_three_objects it scored 0.44 where the paper's start scored
-    # 0.29; benchmarks/prompt_room.py)
+    # 0.29; benchmarks/studies/prompt_room.py)
     "greater-dspy-start": ("greater", [*BUDGETS["greater"], "--instructions", DSPY_DEFAULT]),
     "none-dspy-start": ("none", ["--instructions", DSPY_DEFAULT]),
     # from a program that already holds demos: the ones dspy.BootstrapFewShot keeps from the

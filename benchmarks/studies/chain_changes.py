@@ -5,7 +5,7 @@ many of its greedy reasoning chains are the start's, token for token, and how mu
 they share from its first token. Read from the run's ``generations.jsonl``; no model runs (its
 tokenizer only decodes the prompts).
 
-    python benchmarks/chain_changes.py --cell benchmarks/runs/optimizers-MODEL/TASK/greater
+    python benchmarks/studies/chain_changes.py --cell benchmarks/runs/optimizers-MODEL/TASK/greater
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Each probe is ``dspy-greater evaluate`` on a program holding that instruction, t
 (on a machine that scored the table's start cell, the start at 128 tokens costs nothing); a probe
 whose row is in ``--out`` is skipped, so a stopped run continues where it was.
 
-    python benchmarks/prompt_room.py --model qwen2.5-coder-1.5b --dtype float32 \
+    python benchmarks/studies/prompt_room.py --model qwen2.5-coder-1.5b --dtype float32 \
         --tasks reasoning_about_colored_objects [--probes start,brief] [--out FILE]
 """
 
@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import evaluate_test, git_commit
 from optimizers_bbh import DSPY_DEFAULT, data_path
 

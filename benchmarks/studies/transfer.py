@@ -7,7 +7,7 @@ test questions, 128 reasoning tokens), beside what the source model itself score
 Scoring goes through DSPy's cache (a start the target's own table already scored costs nothing);
 a pair whose row is in ``--out`` is skipped.
 
-    python benchmarks/transfer.py --source benchmarks/results/optimizers_qwen2.5-coder-1.5b.json \
+    python benchmarks/studies/transfer.py --source benchmarks/results/optimizers_qwen2.5-coder-1.5b.json \
         --model smollm2-135m [--tasks boolean_expressions,...] [--dtype float32] [--out FILE]
 """
 
@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import evaluate_test, git_commit
 from optimizers_bbh import data_path
 

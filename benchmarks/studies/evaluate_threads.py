@@ -7,7 +7,7 @@ within 5 ms into one batch (`gathered`, the way before issue 19) or adds each ca
 in flight at the model's next step (`continuous`). Each variant runs in a fresh process (its own
 engine, a cold prefix cache). Prints a Markdown table; `--out` keeps the raw rows.
 
-    python benchmarks/evaluate_threads.py [--model qwen2.5-coder-1.5b] [--questions 32]
+    python benchmarks/studies/evaluate_threads.py [--model qwen2.5-coder-1.5b] [--questions 32]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import load_bbh, report, run_child, without_variants
 
 VARIANTS = {"gathered": False, "continuous": True}

@@ -9,7 +9,7 @@ and how well the answer loss separates the questions the metric counts right fro
 ones (AUC: the chance that a wrong one has the higher loss; 0.5 is no signal). Answers come
 through DSPy's cache, so a cell's dev answers are not generated again.
 
-    python benchmarks/loss_alignment.py --cell benchmarks/runs/optimizers-MODEL/TASK/greater
+    python benchmarks/studies/loss_alignment.py --cell benchmarks/runs/optimizers-MODEL/TASK/greater
         [--out benchmarks/results/loss_alignment.json]
 """
 
@@ -19,10 +19,12 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import cell_task, git_commit
 
 

@@ -6,7 +6,7 @@ model and reasoning budget), so that the gains per step can be read side by side
 Scoring goes through DSPy's cache: the start, and prompts a cell already scored, cost nothing.
 A prompt whose row is in ``--out`` is skipped (resumable).
 
-    python benchmarks/greater_steps.py --cell benchmarks/runs/optimizers-MODEL/TASK/greater
+    python benchmarks/studies/greater_steps.py --cell benchmarks/runs/optimizers-MODEL/TASK/greater
         [--steps 2,4,6] [--out FILE]
 """
 
@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import cell_task, git_commit
 
 

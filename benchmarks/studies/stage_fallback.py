@@ -12,7 +12,7 @@ For each BBH task this script first counts the passing runs of each two-stage pi
 on the test split. Prints a Markdown table; ``--out`` writes the rows as JSON; runs resume from
 ``--run-root``.
 
-    python benchmarks/stage_fallback.py [--tasks temporal_sequences,penguins_in_a_table]
+    python benchmarks/studies/stage_fallback.py [--tasks temporal_sequences,penguins_in_a_table]
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ import argparse
 import importlib.util
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import dspy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import load_bbh
 
 import dspy_greater
