@@ -122,7 +122,7 @@ def chat_prompt_ids(
 
 class TemplateChat:
     """``chat()`` for reasoners that generate from token ids: render each conversation with the
-    reasoner's ``tokenizer`` (:func:`chat_prompt_ids`), then call its ``generate``."""
+    reasoner's ``tokenizer`` (`chat_prompt_ids`), then call its ``generate``."""
 
     tokenizer: Any
 
@@ -144,7 +144,7 @@ class TemplateChat:
         stop: Sequence[str] = (),
         continue_final_message: bool = False,
     ) -> list[Completion]:
-        """Complete each conversation greedily; see :class:`Reasoner`."""
+        """Complete each conversation greedily; see `Reasoner`."""
         ids = chat_prompt_ids(
             self.tokenizer, conversations, continue_final_message=continue_final_message
         )
@@ -208,7 +208,7 @@ class GradientModel(Protocol):
 
 @runtime_checkable
 class Renderer(Protocol):
-    """Turns (prompt ids, example, reasoning ids) into a :class:`RenderedExample`.
+    """Turns (prompt ids, example, reasoning ids) into a `RenderedExample`.
 
     The plain chat-template renderer and DSPy's adapter are two implementations.
     ``continue_final_message`` and ``stop`` say how a reasoner completes ``messages()``: whether

@@ -34,7 +34,7 @@ _GRADIENT_MODELS_LOCK = threading.Lock()
 def shared_gradient_model(
     model: str | os.PathLike[str], *, dtype: str = "float32", device: str = "auto"
 ) -> HFGradientModel:
-    """The :class:`HFGradientModel` of ``model`` in ``dtype`` on ``device``: the one already
+    """The `HFGradientModel` of ``model`` in ``dtype`` on ``device``: the one already
     loaded in this process if any is still in use, else a new one."""
     key = (os.path.realpath(model), dtype, resolve_device(device))
     with _GRADIENT_MODELS_LOCK:

@@ -27,7 +27,7 @@ class ModelMismatch(GreaterError, ValueError):
 
 
 def check_same_model(reasoner: Any, gradient_model: Any) -> float:
-    """Raise :class:`ModelMismatch` unless both engines tokenize a probe alike and give its tokens
+    """Raise `ModelMismatch` unless both engines tokenize a probe alike and give its tokens
     the same log-probabilities; return the mean log-probability gap (nats)."""
     template_a = getattr(reasoner.tokenizer, "chat_template", None)
     template_b = getattr(gradient_model.tokenizer, "chat_template", None)

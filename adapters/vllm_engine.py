@@ -2,7 +2,7 @@
 
 vLLM's engine is slow to start (~20–30 s eager on a 2-core CPU, ~2 min compiled), so one engine is
 built per process and configuration and shared by every reasoner (and thread) that asks for it:
-every request goes through its :class:`_SharedEngine`.
+every request goes through its `_SharedEngine`.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None) -> dict[
 
 
 def _start_engine(vllm: Any, path: str, start_timeout: float, **kwargs: Any) -> Any:
-    """``vllm.LLM(path, **kwargs)``, or :class:`EngineStartFailed` naming the cause.
+    """``vllm.LLM(path, **kwargs)``, or `EngineStartFailed` naming the cause.
 
     vLLM waits for its engine's "ready" for up to ``VLLM_ENGINE_READY_TIMEOUT_S`` (600 s), even
     when the engine process has died meanwhile (a worker that failed to start), and waits without
@@ -260,9 +260,9 @@ class VLLMReasoner(TemplateChat):
 
     ``enforce_eager`` defaults to True on CPU (the engine starts in ~25 s instead of ~2 min; the
     compiled engine is ~1.4× faster and pays off only past tens of thousands of tokens) and False
-    on GPU. ``log_stats`` turns on vLLM's metrics (needed by :meth:`prefix_cache_hit_rate`; vLLM
+    on GPU. ``log_stats`` turns on vLLM's metrics (needed by `prefix_cache_hit_rate`; vLLM
     then also logs throughput every 10 s). An engine that has not started after
-    ``start_timeout`` seconds is stopped (:class:`EngineStartFailed`). ``engine_kwargs`` pass
+    ``start_timeout`` seconds is stopped (`EngineStartFailed`). ``engine_kwargs`` pass
     through to ``vllm.LLM``.
     """
 
@@ -362,8 +362,8 @@ class VLLMReasoner(TemplateChat):
         json_schema: dict[str, Any] | None = None,
         temperature: float = 0.0,
     ) -> str:
-        """Add one prompt to the running engine (options as in :meth:`generate`); it joins the
-        requests in flight at the next :meth:`step`, which returns its completion. Returns its
+        """Add one prompt to the running engine (options as in `generate`); it joins the
+        requests in flight at the next `step`, which returns its completion. Returns its
         request id."""
         params = self._params([prompt], max_new_tokens, stop, json_schema, temperature)
         return self._engine.add(prompt, params)

@@ -1,5 +1,5 @@
 """vLLM's OpenAI-compatible server, started and stopped from Python (tests, benchmarks, one
-machine). On a cluster run ``vllm serve`` yourself; :class:`dspy_greater.lm.ServerReasoner`
+machine). On a cluster run ``vllm serve`` yourself; `dspy_greater.lm.ServerReasoner`
 reasons on a server through ``dspy.LM``.
 """
 

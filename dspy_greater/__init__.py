@@ -4,8 +4,8 @@
     compiled = optimizer.compile(program, trainset=train, valset=val)
 
 The names here are the user's API. Helpers live in their modules: statistics in
-:mod:`dspy_greater.stats`, data in :mod:`dspy_greater.data` and :mod:`dspy_greater.loaders`, the
-model backends in :mod:`dspy_greater.adapters`. Importing the package is cheap: torch,
+`dspy_greater.stats`, data in `dspy_greater.data` and `dspy_greater.loaders`, the
+model backends in `dspy_greater.adapters`. Importing the package is cheap: torch,
 transformers and vllm load only when an engine is built.
 """
 

@@ -1,7 +1,7 @@
 """BIG-Bench Hard data as DSPy examples, seeded splits, and BBH's answer matching as a metric.
 
 A BBH task is a JSON file ``{"examples": [{"input": ..., "target": ...}]}``. A few tasks ship
-inside the package (see :func:`shipped_bbh_tasks`); any other file is loaded from its path.
+inside the package (see `shipped_bbh_tasks`); any other file is loaded from its path.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def bbh_program(
 ) -> dspy.ChainOfThought:
     """A ``ChainOfThought`` ``question -> answer`` for a BBH task. Where the task's answers form a
     closed set of at most ``max_labels`` labels the answer is typed ``Literal[labels]``, so
-    :class:`~dspy_greater.ForcedExtractionAdapter` can constrain decoding to them (the setting
+    `ForcedExtractionAdapter` can constrain decoding to them (the setting
     that lifts SmolLM2's accuracy from near 0 to chance; see the README); otherwise ``str``."""
     labels = closed_labels(examples, max_labels)
     answer_type: Any = Literal[labels] if labels else str

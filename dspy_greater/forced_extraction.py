@@ -1,10 +1,10 @@
 """Forced extraction: DSPy's ChatAdapter with the field headers written by the adapter.
 
 Small models do not write ``[[ ## answer ## ]]`` on their own, so ``ChatAdapter`` fails to parse
-them. :class:`ForcedExtractionAdapter` renders exactly what ChatAdapter renders, then fills the
+them. `ForcedExtractionAdapter` renders exactly what ChatAdapter renders, then fills the
 output fields one at a time: it writes ``[[ ## reasoning ## ]]`` into the assistant message, lets
 the model continue only that field's value, writes the next header, and so on (GReaTer's extractor
-step, with the adapter's own header as extractor). :class:`~dspy_greater.renderers.AdapterRenderer`
+step, with the adapter's own header as extractor). `AdapterRenderer`
 turns the same messages into token ids for the gradient pass: one rendering for generation and
 gradients.
 """
@@ -57,7 +57,7 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
     where the model starts a header (``[[ ##``); a single-line field's (every type but ``str``,
     and a last ``str`` output) at the line end.
 
-    The LM must continue an assistant message: :func:`dspy_greater.lm.local_lm`, or a vLLM
+    The LM must continue an assistant message: `dspy_greater.lm.local_lm`, or a vLLM
     server (``vllm serve``) behind ``dspy.LM``, which takes ``continue_final_message``.
 
     Args:
@@ -161,7 +161,7 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
         return self.closed_sets == "constrain"
 
     def check_lm(self, lm: Any) -> None:
-        """Raise :class:`GreaterError` if this adapter cannot drive ``lm``: a local engine asked
+        """Raise `GreaterError` if this adapter cannot drive ``lm``: a local engine asked
         to constrain decoding it cannot, or a chat template that drops the newline the adapter
         forces after a header (some templates strip a continued message's end)."""
         if self.closed_sets == "constrain" and not _can_constrain(lm):
@@ -387,7 +387,7 @@ def _calling(lm: Any, call: _Call) -> Iterator[None]:
 
 
 def _drive(steps: Generator[_Call, Any, Any], lm: Any) -> Any:
-    """Run the calls of :meth:`ForcedExtractionAdapter._steps` on ``lm``."""
+    """Run the calls of `ForcedExtractionAdapter._steps` on ``lm``."""
     try:
         call = next(steps)
         while True:
@@ -399,7 +399,7 @@ def _drive(steps: Generator[_Call, Any, Any], lm: Any) -> Any:
 
 
 async def _adrive(steps: Generator[_Call, Any, Any], lm: Any) -> Any:
-    """:func:`_drive` through ``lm.acall`` (``dspy.Predict.acall`` under this adapter)."""
+    """`_drive` through ``lm.acall`` (``dspy.Predict.acall`` under this adapter)."""
     try:
         call = next(steps)
         while True:

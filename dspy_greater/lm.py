@@ -286,7 +286,7 @@ _ENGINES: weakref.WeakSet[LocalEngine] = weakref.WeakSet()
 
 
 def cancel_local_calls() -> None:
-    """End every call waiting on a local LM (:meth:`LocalEngine.cancel` on each engine)."""
+    """End every call waiting on a local LM (`LocalEngine.cancel` on each engine)."""
     for engine in list(_ENGINES):
         engine.cancel()
 
@@ -301,14 +301,14 @@ def _options(job: _Request) -> dict[str, Any]:
 
 
 def local_reasoner(lm: Any) -> Reasoner | None:
-    """The reasoner behind ``lm`` when it is a local engine (:func:`local_lm`); None for any other
+    """The reasoner behind ``lm`` when it is a local engine (`local_lm`); None for any other
     LM (a server)."""
     engine = getattr(lm, "engine", None)
     return engine.reasoner if isinstance(engine, LocalEngine) else None
 
 
 class AsyncLocalEngine:
-    """The async counterpart of :class:`LocalEngine` (for ``acall`` and ``dspy.streamify``)."""
+    """The async counterpart of `LocalEngine` (for ``acall`` and ``dspy.streamify``)."""
 
     def __init__(self, sync: LocalEngine) -> None:
         self.sync = sync
@@ -324,7 +324,7 @@ class AsyncLocalEngine:
             yield event
 
     async def aclose(self) -> None:
-        """Nothing to release (see :meth:`LocalEngine.close`)."""
+        """Nothing to release (see `LocalEngine.close`)."""
 
 
 def _json_schema(response_format: Any) -> str | None:
@@ -367,7 +367,7 @@ def local_lm(
     continuous: bool | None = None,
     **lm_kwargs: Any,
 ) -> dspy.LM:
-    """A ``dspy.LM`` on a local model, for ``dspy.configure(lm=...)`` and :class:`GReaTer`.
+    """A ``dspy.LM`` on a local model, for ``dspy.configure(lm=...)`` and `GReaTer`.
 
     Everything DSPy does with an LM works on it (history, usage, caching, threads); concurrent
     calls reach the model together. Its model string names the weights (folder, files, dtype),
@@ -379,14 +379,14 @@ def local_lm(
             SmolLM2-135M.
         backend: ``"vllm"`` (vLLM's offline engine), ``"hf"`` (transformers' ``generate``), or
             ``"auto"``: vLLM when it is installed (see
-            :func:`~dspy_greater.adapters.make_reasoner`).
+            `make_reasoner`).
         dtype: The engine's dtype (``"float32"``, ``"bfloat16"``, ...); None for an embedded
             model's registered dtype, and float32 for a folder.
         reasoner: An engine already built (``model`` and ``backend`` are then ignored).
         max_tokens: The default budget of new tokens per call.
         continuous: Batch continuously (a call joins the requests in flight at the model's next
             step); None where the reasoner can (vLLM), False for batches of the calls that
-            arrive within a few milliseconds (see :class:`LocalEngine`).
+            arrive within a few milliseconds (see `LocalEngine`).
         **lm_kwargs: Passed to ``dspy.LM`` (``cache=False``, ``num_retries``, ...).
 
     Returns:

@@ -1,9 +1,9 @@
 """Benchmark tasks as DSPy examples: BBH, GSM8K and FOLIO, each with its metric and the paper's
 splits.
 
-:func:`load_task` is what the command line and the benchmarks call: it takes a shipped BBH task
+`load_task` is what the command line and the benchmarks call: it takes a shipped BBH task
 name, a BBH JSON file, a GSM8K or FOLIO folder, or a Hugging Face hub name, and returns a
-:class:`Task` (seeded train/dev/test splits, the metric, and a starting ``ChainOfThought``).
+`Task` (seeded train/dev/test splits, the metric, and a starting ``ChainOfThought``).
 GSM8K and FOLIO are read with ``datasets`` (``load_dataset("json", data_files=...)`` for a local
 folder, the hub otherwise).
 

@@ -33,7 +33,7 @@ def configure_logging(verbose: bool = False) -> None:
 
 def truncation_note(reasoner: Any, since: tuple[int, int] = (0, 0)) -> str | None:
     """One line on how many of ``reasoner``'s completions (since ``since``, a
-    :func:`generation_counts` taken earlier) stopped at their token limit; None if none did."""
+    `generation_counts` taken earlier) stopped at their token limit; None if none did."""
     generated, truncated = generations_since(reasoner, since)
     if not truncated:
         return None
@@ -54,6 +54,6 @@ def generation_counts(reasoner: Any) -> tuple[int, int]:
 
 def generations_since(reasoner: Any, since: tuple[int, int]) -> tuple[int, int]:
     """(completions generated, those truncated) by ``reasoner`` since ``since``, a
-    :func:`generation_counts` taken earlier."""
+    `generation_counts` taken earlier."""
     now = generation_counts(reasoner)
     return now[0] - since[0], now[1] - since[1]

@@ -147,7 +147,7 @@ def cache_dir() -> Path:
 
 
 def resolve_model(model: str | os.PathLike[str] | None) -> Path:
-    """The folder of ``model``: a registered name (:data:`EMBEDDED_MODELS`, converted on first
+    """The folder of ``model``: a registered name (`EMBEDDED_MODELS`, converted on first
     use), a Hugging Face folder, or None for the default embedded model."""
     if model is None:
         return embedded_model(DEFAULT_MODEL)
@@ -159,7 +159,7 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
 def registered_dtype(model: str | os.PathLike[str] | None) -> str:
     """The dtype an embedded model runs in here by default (None: the default model): its
     registered dtype, but float32 in place of bfloat16 where bfloat16 is slow
-    (:func:`fast_bfloat16`); float32 for a folder."""
+    (`fast_bfloat16`); float32 for a folder."""
     entry = EMBEDDED_MODELS.get(DEFAULT_MODEL if model is None else os.fspath(model))
     if entry is None:
         return "float32"
@@ -189,7 +189,7 @@ def fast_bfloat16() -> bool:
 
 
 def default_model() -> Path:
-    """The folder of the default embedded model, SmolLM2-135M-Instruct (:func:`embedded_model`)."""
+    """The folder of the default embedded model, SmolLM2-135M-Instruct (`embedded_model`)."""
     return embedded_model(DEFAULT_MODEL)
 
 
@@ -249,7 +249,7 @@ def embedded_model(name: str = DEFAULT_MODEL) -> Path:
 
 def gguf_sources(model: EmbeddedModel) -> list[Path]:
     """The installed files that make up ``model``'s GGUF: the one file, or every part in order.
-    A package that is missing or of another version raises :class:`EmbeddedModelMissing`,
+    A package that is missing or of another version raises `EmbeddedModelMissing`,
     naming it and the fix."""
     if model.package is not None:
         spec = importlib.util.find_spec(model.package)  # locates it without importing it

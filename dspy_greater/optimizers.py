@@ -1,7 +1,7 @@
 """The optimizers the CLI and the benchmarks run side by side: GReaTer, and DSPy's COPRO,
 MIPROv2 (instructions only) and GEPA with the task model as their proposer.
 
-:data:`OPTIMIZERS` maps each name to a factory that compiles a :class:`Setup`. Light to import
+`OPTIMIZERS` maps each name to a factory that compiles a `Setup`. Light to import
 (DSPy loads when a factory runs), so the CLI's ``--help`` stays fast.
 """
 

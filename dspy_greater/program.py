@@ -1,23 +1,23 @@
 """A DSPy program as the GReaTer search sees it: the contract between the two.
 
-The search (:mod:`dspy_greater.search`) knows no DSPy. It optimizes the token ids of one prompt
+The search (`dspy_greater.search`) knows no DSPy. It optimizes the token ids of one prompt
 against a loss and a scorer. This module states what a DSPy program owes it, and what it gets
 back, in the way GEPA's ``core/adapter.py`` states its adapter protocol:
 
-- **What is optimized.** The program's named predictors (:func:`predictors_to_optimize`), each
-  one's ``signature.instructions`` from its starting text (:func:`starting_instructions`); the
-  slot is rendered by :class:`~dspy_greater.renderers.AdapterRenderer` exactly as DSPy sends it.
+- **What is optimized.** The program's named predictors (`predictors_to_optimize`), each
+  one's ``signature.instructions`` from its starting text (`starting_instructions`); the
+  slot is rendered by `AdapterRenderer` exactly as DSPy sends it.
 - **Examples.** ``dspy.Example`` objects with the program's inputs and, for the gradient, the
   label of the predictor's answer field, checked before any expensive work
-  (:func:`checked_examples`); a validation split when none is given (:func:`split_validation`).
+  (`checked_examples`); a validation split when none is given (`split_validation`).
 - **Targets.** The gold value the gradient loss needs: the trainset's labels for a one-predictor
   program, traced outputs of passing runs for a pipeline's stages
-  (:mod:`dspy_greater.targets`).
-- **Scoring.** The user's metric, read as a number (:func:`metric_value`; bool, number or a
-  prediction with a ``score``), is the selection signal: :class:`AnswerMetricScorer` scores a
+  (`dspy_greater.targets`).
+- **Scoring.** The user's metric, read as a number (`metric_value`; bool, number or a
+  prediction with a ``score``), is the selection signal: `AnswerMetricScorer` scores a
   one-predictor prompt on the outputs the adapter completes after the search's own reasoning;
-  :class:`PipelineScorer` scores a stage's prompt by the whole program's metric.
-- **Evaluation.** :class:`InstructionsEvaluator` is the program's mean metric with one
+  `PipelineScorer` scores a stage's prompt by the whole program's metric.
+- **Evaluation.** `InstructionsEvaluator` is the program's mean metric with one
   predictor's instructions replaced: the validation choice among the search's best prompts.
 - **What comes back.** New instructions per predictor; the teleprompter writes them into a deep
   copy of the program and nothing else changes.

@@ -1,12 +1,12 @@
 """The renderers: a prompt, an example and a reasoning chain as the token ids of one sequence.
 
-Both implement :class:`~dspy_greater.adapters.base.Renderer`. :class:`ChatTemplateRenderer` is the
+Both implement `Renderer`. `ChatTemplateRenderer` is the
 GReaTer paper's setting without DSPy: the user turn holds the question and the prompt, the model
 reasons in the assistant turn, the extractor (``Therefore, the final answer is``) follows the
-reasoning and the gold answer follows it. :class:`AdapterRenderer` renders what
-:class:`~dspy_greater.forced_extraction.ForcedExtractionAdapter` sends: the prompt is a predictor's
+reasoning and the gold answer follows it. `AdapterRenderer` renders what
+`ForcedExtractionAdapter` sends: the prompt is a predictor's
 instructions, the extractor is the adapter's answer header. Either marks the prompt in the
-rendered text and finds its tokens from the tokenizer's offsets (:func:`slot_span`).
+rendered text and finds its tokens from the tokenizer's offsets (`slot_span`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def token_span(tokenizer: Any, text: str, start: int, end: int) -> tuple[tuple[i
     """Token ids of ``text`` and the span of tokens covering ``text[start:end]`` (the prompt).
 
     The span comes from the tokenizer's offsets, not from a search for the prompt's tokens; a
-    prompt that merges with its neighbours into one token is refused (:class:`SlotError`).
+    prompt that merges with its neighbours into one token is refused (`SlotError`).
     """
     prompt = text[start:end]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -157,7 +157,7 @@ class ChatTemplateRenderer:
     def render(
         self, prompt_ids: Sequence[int], example: Any, reasoning_ids: Sequence[int] = ()
     ) -> RenderedExample:
-        """The full sequence for ``prompt_ids``; raises :class:`SlotError` when the prompt's text
+        """The full sequence for ``prompt_ids``; raises `SlotError` when the prompt's text
         does not tokenize back to ``prompt_ids`` in context (its ids are not a stable prompt)."""
         prompt = self.decode_prompt(prompt_ids)
         context, slot = self.context(prompt, example)
@@ -182,9 +182,9 @@ class ChatTemplateRenderer:
 
 @dataclass
 class AdapterRenderer:
-    """Render (instructions, example, reasoning, answer) as :class:`ForcedExtractionAdapter`
+    """Render (instructions, example, reasoning, answer) as `ForcedExtractionAdapter`
     sends them, as token ids for the gradient pass (a
-    :class:`~dspy_greater.adapters.base.Renderer`).
+    `Renderer`).
 
     ``signature`` needs a reasoning field and an answer field (``dspy.ChainOfThought``'s): the
     first output field is reasoned in, the last is the answer; the prompt being optimized is

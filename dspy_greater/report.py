@@ -1,5 +1,5 @@
-"""The report of a compile: one :class:`StageRun` per predictor and round, the
-:class:`GReaTerRun` that holds them, their JSON in the run directory, the log summary, and the plot.
+"""The report of a compile: one `StageRun` per predictor and round, the
+`GReaTerRun` that holds them, their JSON in the run directory, the log summary, and the plot.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class StageRun:
 class GReaTerRun:
     """What one compile did; also in ``run_dir/run.json``. Attached to the compiled program as
     ``compiled.greater_run`` (DSPy does not save it; the run directory keeps it). ``stages``
-    holds one :class:`StageRun` per predictor and round; for a one-predictor program the
+    holds one `StageRun` per predictor and round; for a one-predictor program the
     fields of its last round's stage read directly (``run.instructions``, ``run.history``, ...)."""
 
     run_dir: Path
@@ -133,7 +133,7 @@ class PlotPoints:
 
 
 def plot_points(stages: list[StageRun]) -> PlotPoints:
-    """The points of :func:`plot_scores`: every validated prompt, and each stage's chosen one."""
+    """The points of `plot_scores`: every validated prompt, and each stage's chosen one."""
     points = PlotPoints([], [], [], [], None, [])
     offset = 0
     for stage in stages:

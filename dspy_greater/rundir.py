@@ -1,7 +1,7 @@
 """A GReaTer run on disk: its configuration, a checkpoint after every step, every generation.
 
 ``run.json`` (versioned by ``SCHEMA``) holds the configuration and the latest
-:class:`~dspy_greater.search.SearchState`; it is replaced atomically, so a killed run loses at
+`SearchState`; it is replaced atomically, so a killed run loses at
 most the step in progress. ``generations.jsonl`` is append-only: every reasoning chain, keyed by
 (prompt ids, example index). vLLM on CPU is not batch-invariant, so a resumed run replays these
 instead of generating them again, and ends where an uninterrupted run would.

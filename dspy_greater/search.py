@@ -5,8 +5,8 @@ model's own next-token distribution at ``i``; rank them by the one-hot gradient 
 taken through the reasoning; regenerate the reasoning for the best few and keep the one with the
 lowest ``mistake rate + 0.02 * prompt NLL``; move to the next position. See DESIGN.md §1.
 
-The search sees token ids and :class:`RenderedExample` s only; a :class:`Renderer` turns examples
-into them, a :class:`Reasoner` writes the reasoning, a :class:`GradientModel` takes gradients.
+The search sees token ids and `RenderedExample` s only; a `Renderer` turns examples
+into them, a `Reasoner` writes the reasoning, a `GradientModel` takes gradients.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class PromptScore:
 
 @dataclass
 class StepRecord:
-    """What one step saw and chose (JSON-serialisable through :func:`dataclasses.asdict`)."""
+    """What one step saw and chose (JSON-serialisable through `dataclasses.asdict`)."""
 
     step: int
     position: int
@@ -183,7 +183,7 @@ class SearchState:
 
     ``scores`` holds every prompt scored so far (the best few are chosen from them);
     ``rng_state`` is ``random.Random.getstate()``. With the reasoning chains kept too (the
-    ``reasoning_cache`` of :func:`run_greater`), a continued run equals an uninterrupted one.
+    ``reasoning_cache`` of `run_greater`), a continued run equals an uninterrupted one.
     """
 
     steps_done: int
@@ -390,12 +390,12 @@ def run_greater(
     """Run the GReaTer search on ``examples`` from ``initial_prompt``; return the best prompts.
 
     The reasoner and the gradient model must be one model; check it first with
-    :func:`~dspy_greater.adapters.same_model.check_same_model`.
+    `check_same_model`.
 
     Args:
         examples: Whatever ``renderer`` renders (objects with ``question`` and ``answer`` for the
             chat-template renderer); the first ``config.num_examples`` are used.
-        initial_prompt: The prompt the search starts from (e.g. :data:`PAPER_PROMPT`).
+        initial_prompt: The prompt the search starts from (e.g. `PAPER_PROMPT`).
         renderer: Turns a prompt, an example and a reasoning chain into token ids.
         reasoner: Writes the reasoning chains.
         gradient_model: Proposes candidate tokens and takes their one-hot gradients.
@@ -406,7 +406,7 @@ def run_greater(
             outputs the reasoning leads to); it receives each example with its rendering.
         reasoning_cache: Reasoning chains by (prompt ids, example index); a persistent one makes
             a run resumable.
-        state: A :class:`SearchState` that ``on_checkpoint`` received: the run continues from it.
+        state: A `SearchState` that ``on_checkpoint`` received: the run continues from it.
         on_checkpoint: Called with the state after the setup and after every step.
         desc: The progress bar's label.
 

@@ -110,7 +110,7 @@ class ServerReasoner:
         continue_final_message: bool = False,
     ) -> list[Completion]:
         """Complete each conversation greedily on the server (see
-        :class:`~dspy_greater.adapters.base.Reasoner`).
+        `Reasoner`).
 
         The token ids are the completion text re-tokenized: a server returns text.
         """

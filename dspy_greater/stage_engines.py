@@ -65,7 +65,7 @@ def gradient_dtype(
     """``dtype``, else the task engine's (the gradient then sees the weights the engine runs),
     else ``gradient_model``'s registered dtype, else bfloat16 on a GPU and float32 on the CPU.
     (A bfloat16 gradient model computes in float32 where bfloat16 is slow:
-    :class:`~dspy_greater.adapters.hf_gradient.HFGradientModel`.)"""
+    `HFGradientModel`.)"""
     engine_dtype = getattr(reasoner, "dtype", None)
     if dtype is not None:
         return dtype
@@ -77,7 +77,7 @@ def gradient_dtype(
 
 
 def configured_adapter() -> ForcedExtractionAdapter:
-    """The configured adapter when it is a :class:`ForcedExtractionAdapter`, else one with the
+    """The configured adapter when it is a `ForcedExtractionAdapter`, else one with the
     instructions in the system message (the placement a saved program carries)."""
     configured = dspy.settings.adapter
     return (
@@ -96,7 +96,7 @@ def stage_engines(
 ) -> dict[str, StageEngines]:
     """Each predictor's engines: behind ``task_lm`` (a proxy for all), else the predictor's own
     LM, else the configured one. Predictors that share an LM share its engines, and those on one
-    folder and dtype its gradient model, loaded once per process (:func:`shared_gradient_model`).
+    folder and dtype its gradient model, loaded once per process (`shared_gradient_model`).
     Each reasoner is checked against its gradient model."""
     from .adapters.hf_gradient import shared_gradient_model
 

@@ -36,7 +36,7 @@ def accuracy(
     num_threads: int = 32,
     progress: bool = False,
 ) -> float:
-    """The program's accuracy on ``examples`` (``dspy.Evaluate``): the mean of :func:`scores`."""
+    """The program's accuracy on ``examples`` (``dspy.Evaluate``): the mean of `scores`."""
     each = scores(program, examples, metric, num_threads=num_threads, progress=progress)
     return sum(each) / len(each)  # Evaluate's own score is rounded
 
@@ -53,7 +53,7 @@ def scores(
     programs compare question by question (``dspy.Evaluate``). An example whose call raises
     counts as wrong (0) and never stops the evaluation; a warning says how many did. If every
     one raises (a stopped server, an engine that died) there is nothing measured, and
-    :class:`EvaluationFailed` says so instead of reporting 0."""
+    `EvaluationFailed` says so instead of reporting 0."""
     if not examples:
         raise ValueError("scores needs at least one example.")
     answered: list[Any] = []  # the predictions the program returned (list.append is atomic)
@@ -125,7 +125,7 @@ class PairedChange:
 
 
 def paired_change(before: Sequence[float], after: Sequence[float]) -> PairedChange:
-    """Compare two programs' scores (as :func:`scores` returns them) question by question."""
+    """Compare two programs' scores (as `scores` returns them) question by question."""
     if len(before) != len(after) or not before:
         raise ValueError(
             f"paired_change needs two equally long, non-empty score lists; got {len(before)} "

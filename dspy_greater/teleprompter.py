@@ -1,9 +1,9 @@
 """GReaTer as a DSPy optimizer: ``GReaTer(metric=...).compile(program, trainset=...)``.
 
-This module only orchestrates: :mod:`~dspy_greater.program` says what the program, its metric and
-examples mean to the search, :mod:`~dspy_greater.stage_engines` which engines are behind its LMs;
-:mod:`~dspy_greater.stages` optimizes one predictor with
-:func:`~dspy_greater.search.run_greater`; :mod:`~dspy_greater.report` reports the run.
+This module only orchestrates: `program` says what the program, its metric and
+examples mean to the search, `stage_engines` which engines are behind its LMs;
+`stages` optimizes one predictor with
+`run_greater`; `report` reports the run.
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ class GReaTer(Teleprompter):
     Every predictor is optimized in turn. A one-predictor program targets the trainset's labels;
     in a multi-stage program each stage targets what it wrote in the runs that passed the metric
     (as DSPy's bootstrapping does), and each candidate is judged by the whole program's metric.
-    The program's LM must be a local engine (:func:`dspy_greater.lm.local_lm`) or a vLLM server.
+    The program's LM must be a local engine (`dspy_greater.lm.local_lm`) or a vLLM server.
 
     Args:
         metric: ``metric(example, prediction, trace=None)``: a bool, a number, or a prediction
             with a ``score``.
         auto: The budget: ``"light"`` (minutes on a CPU), ``"medium"``, ``"heavy"`` (the
-            paper's); see :meth:`GreaterConfig.budget`.
+            paper's); see `GreaterConfig.budget`.
         steps: Overrides the budget's number of steps.
         config: Every setting of the search (overrides ``auto``).
         gradient_model: The folder of the weights to take gradients on (default: the local
@@ -56,7 +56,7 @@ class GReaTer(Teleprompter):
         task_lm: A local LM to optimize on instead of the program's (a proxy for every
             predictor).
         adapter: How the instructions are rendered (default: the configured
-            :class:`ForcedExtractionAdapter`, else one with the instructions in the system
+            `ForcedExtractionAdapter`, else one with the instructions in the system
             message, the placement a saved program carries).
         initial_instructions: Where to start instead of the predictors' own: a string, or
             ``{predictor: instructions}``.
@@ -142,7 +142,7 @@ class GReaTer(Teleprompter):
         **kwargs: Any,
     ) -> dspy.Module:
         """A copy of ``student`` whose predictors' instructions GReaTer optimized (nothing else
-        changes), with the run's report as ``compiled.greater_run`` (a :class:`GReaTerRun`).
+        changes), with the run's report as ``compiled.greater_run`` (a `GReaTerRun`).
         ``resume=True`` continues the run in ``run_dir`` where it stopped."""
         if kwargs:
             raise TypeError(f"GReaTer.compile got unexpected arguments {sorted(kwargs)}.")

@@ -7,7 +7,8 @@ test questions, 128 reasoning tokens), beside what the source model itself score
 Scoring goes through DSPy's cache (a start the target's own table already scored costs nothing);
 a pair whose row is in ``--out`` is skipped.
 
-    python benchmarks/studies/transfer.py --source benchmarks/results/optimizers_qwen2.5-coder-1.5b.json \
+    python benchmarks/studies/transfer.py \
+        --source benchmarks/results/optimizers_qwen2.5-coder-1.5b.json \
         --model smollm2-135m [--tasks boolean_expressions,...] [--dtype float32] [--out FILE]
 """
 

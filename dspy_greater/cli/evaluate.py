@@ -109,7 +109,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _load_program(path: Path, task: Any) -> Any:
-    """The task's program with the state saved at ``path``, or a :class:`CliError` that says
+    """The task's program with the state saved at ``path``, or a `CliError` that says
     why the file is not one."""
     try:
         saved = json.loads(path.read_text())

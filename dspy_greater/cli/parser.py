@@ -208,7 +208,7 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
 
 
 def _search_option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` for a :class:`GreaterConfig` field, the value of the field's type."""
+    """``KEY=VALUE`` for a `GreaterConfig` field, the value of the field's type."""
     key, sep, value = text.partition("=")
     own_options = ("steps", "seed")  # --steps and --seed
     defaults: dict[str, Any] = {
