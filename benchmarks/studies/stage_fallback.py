@@ -35,7 +35,7 @@ from dspy_greater import ForcedExtractionAdapter, GReaTer, stats
 from dspy_greater.lm import local_lm
 from dspy_greater.search import GreaterConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("pipelines", ROOT / "examples" / "pipelines.py")
 pipelines = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pipelines)
