@@ -207,6 +207,7 @@ def plot_scores(path: Path, stages: list[StageRun]) -> None:
         axes.annotate(f"{value:.2f}", (x, value), textcoords="offset points", xytext=(6, 4))
     if points.start is not None:
         axes.axhline(points.start, color="grey", linestyle="--", label="start (validation)")
+    axes.margins(x=0.08, y=0.12)  # room for the chosen prompt's score label
     axes.set_xlabel("step (the last column: the final choice)")
     axes.set_ylabel("score")
     axes.set_title("GReaTer")
