@@ -11,8 +11,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from ..models import fast_bfloat16
 from .base import ExampleScore, RenderedExample
+from .hardware import fast_bfloat16
 from .hf_loading import (
     FLOAT32_COMPUTE_MEMORY,
     GRADIENT_MEMORY,

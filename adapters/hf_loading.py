@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceUnavailable, NotEnoughMemory
-from ..models import available_memory
+from .hardware import available_memory
 
 logger = logging.getLogger(__name__)
 

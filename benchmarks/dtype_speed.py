@@ -12,7 +12,7 @@ Each cell runs in its own process, with a time limit (a cell past it is reported
   try a smaller KV cache (the row records it).
 
 Prints the CPU's capability as torch sees it (``AVX512``, ``AVX2``, ...) and what
-``models.fast_bfloat16()`` chooses from it.
+``adapters.hardware.fast_bfloat16()`` chooses from it.
 
     python benchmarks/dtype_speed.py [--model qwen2.5-coder-1.5b] [--cells pair] [--out FILE]
 """
@@ -210,7 +210,7 @@ def main() -> None:
         return
     import torch
 
-    from dspy_greater.models import fast_bfloat16
+    from dspy_greater.adapters.hardware import fast_bfloat16
 
     out = Path(args.out) if args.out else None
     rows: list[dict[str, Any]] = json.loads(out.read_text())["rows"] if out and out.exists() else []

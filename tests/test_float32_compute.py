@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dspy_greater import models
+from dspy_greater.adapters import hardware
 from dspy_greater.adapters.float32_compute import Float32ComputeLinear, compute_in_float32
 from dspy_greater.adapters.hf_gradient import HFGradientModel
 from dspy_greater.renderers import ChatTemplateRenderer
@@ -81,12 +82,12 @@ def test_the_gradient_model_computes_in_float32_from_bfloat16_weights_where_that
 ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    models.fast_bfloat16.cache_clear()
+    hardware.fast_bfloat16.cache_clear()
     folder = bfloat16_checkpoint if stored == "bfloat16" else tiny_model
     try:
         model = HFGradientModel(folder, dtype=dtype)
     finally:
-        models.fast_bfloat16.cache_clear()  # the real answer for the tests after this one
+        hardware.fast_bfloat16.cache_clear()  # the real answer for the tests after this one
     upcast_layers = [m for m in model.model.modules() if isinstance(m, Float32ComputeLinear)]
     assert bool(upcast_layers) == upcast
     if not upcast:
@@ -115,8 +116,8 @@ def test_the_embedded_models_run_in_float32_where_bfloat16_is_slow(monkeypatch):
             ("DEFAULT", "float32"),
         ):
             monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
-            models.fast_bfloat16.cache_clear()
+            hardware.fast_bfloat16.cache_clear()
             assert models.registered_dtype("qwen2.5-coder-1.5b") == qwen, capability
             assert models.registered_dtype("smollm2-135m") == "float32"
     finally:
-        models.fast_bfloat16.cache_clear()  # the real answer for the tests after this one
+        hardware.fast_bfloat16.cache_clear()  # the real answer for the tests after this one
