@@ -12,7 +12,7 @@ benchmark copy of BBH (``../shared/data/bbh``), greedy, on the local vLLM engine
   label / decoding constrained to the labels.
 
 A failed parse scores 0. ``regex`` is the accuracy when failures are rescued by reading the last
-label (or the last line) out of the raw completion: the bar DESIGN.md set for ChatAdapter.
+label (or the last line) out of the raw completion: the bar set for ChatAdapter.
 Prints Markdown tables (mean over tasks, then per task) beside each task's majority-class rate.
 With ``--out`` the rows are saved after each ``--group`` of tasks, and a run with the same
 ``--out`` resumes: the tasks already in the file are not run again. ``--screen A.json B.json ...``

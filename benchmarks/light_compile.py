@@ -139,7 +139,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         p, n = r["search_phases"], r["test_n"]
         start = sum(r["setup_seconds"].values())
-        # what the search's phases leave out: the valset passes, the run folder, the bridge
+        # what the search's phases leave out: the valset passes, the run folder, the contract
         rest = (
             r["compile_seconds"] - start - sum(v for k, v in p.items() if k != "select_generation")
         )

@@ -35,8 +35,8 @@ from dspy_greater import cli
 from dspy_greater.stats import paired_change, standard_error
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-# Chosen from the README's screen before any optimizer ran on Qwen: the six BBH tasks of the
-# benchmark data where Qwen2.5-Coder-1.5B was above the majority rate and below 85 % (room both
+# Chosen from the screen (docs/results.md) before any optimizer ran on Qwen: the six BBH tasks of
+# the benchmark data where Qwen2.5-Coder-1.5B was above the majority rate and below 85 % (room both
 # ways), then GSM8K (a number) and FOLIO (three labels).
 TASKS = (
     "boolean_expressions",
@@ -48,7 +48,7 @@ TASKS = (
     "gsm8k",
     "folio",
 )
-BUDGETS = {  # per optimizer; see the README for what each costs on the 1.5B model
+BUDGETS = {  # per optimizer; see docs/results.md for what each costs on the 1.5B model
     "none": [],
     "greater": ["--budget", "light", "--steps", "6"],
     "copro": ["--candidates", "4", "--depth", "2"],

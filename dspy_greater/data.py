@@ -148,8 +148,8 @@ def bbh_program(
 ) -> dspy.ChainOfThought:
     """A ``ChainOfThought`` ``question -> answer`` for a BBH task. Where the task's answers form a
     closed set of at most ``max_labels`` labels the answer is typed ``Literal[labels]``, so
-    `ForcedExtractionAdapter` can constrain decoding to them (the setting
-    that lifts SmolLM2's accuracy from near 0 to chance; see the README); otherwise ``str``."""
+    `ForcedExtractionAdapter` can constrain decoding to them (the setting that lifts SmolLM2's
+    accuracy from near 0 to chance; see docs/guides/small-models.md); otherwise ``str``."""
     labels = closed_labels(examples, max_labels)
     answer_type: Any = Literal[labels] if labels else str
     signature = dspy.Signature(

@@ -69,7 +69,7 @@ class ForcedExtractionAdapter(dspy.ChatAdapter):
             ``response_format`` (written as JSON, ``"(A)"``); ``"map"`` maps the free completion
             to a value (``"True."`` -> ``True``); ``"auto"`` constrains unless the LM is a local
             engine that cannot (transformers). On BBH, constraining beat mapping by 40 points
-            with SmolLM2 (README).
+            with SmolLM2 (docs/guides/small-models.md).
         on_unparsable: A value that cannot be read as its type is ``None`` (``"none"``: a wrong
             answer for the metric, not an error that stops ``dspy.Evaluate`` after
             ``max_errors``), or raises DSPy's ``AdapterParseError`` (``"raise"``).

@@ -3,7 +3,7 @@
 One step at prompt position ``i``: reason with the current prompt; propose candidate tokens from the
 model's own next-token distribution at ``i``; rank them by the one-hot gradient of the answer loss
 taken through the reasoning; regenerate the reasoning for the best few and keep the one with the
-lowest ``mistake rate + 0.02 * prompt NLL``; move to the next position. See DESIGN.md §1.
+lowest ``mistake rate + 0.02 * prompt NLL``; move to the next position. See docs/algorithm.md.
 
 The search sees token ids and `RenderedExample` s only; a `Renderer` turns examples
 into them, a `Reasoner` writes the reasoning, a `GradientModel` takes gradients.

@@ -6,11 +6,11 @@ local vLLM engine; ``GReaTer`` optimizes its instructions with the model's own g
 and the result are scored on a test split never used for selection, beside the majority-class rate.
 
 On SmolLM2 (the default) it shows the machinery in about 5 minutes on a 2-core CPU; that model
-answers at chance. ``--model qwen2.5-coder-1.5b`` runs the README's benchmark cell where GReaTer's
-test gain cleared its start and the majority rate: logical_deduction_seven_objects from the paper's
-starting prompt, the same splits (12 train, 50 dev, 100 test), budget and bfloat16 (about 35
+answers at chance. ``--model qwen2.5-coder-1.5b`` runs the side-by-side's benchmark cell where
+GReaTer's test gain cleared its start and the majority rate: logical_deduction_seven_objects from
+the paper's starting prompt, the same splits (12 train, 50 dev, 100 test), budget and bfloat16 (about 35
 minutes on a 2-core AVX-512 CPU; float32 and slower where bfloat16 is slow). Rerun on a second
-machine it kept the start: the README says why.
+machine it kept the start: docs/results.md says why.
 
     python examples/demo.py [--model NAME] [--task NAME] [--steps N] [--run-dir DIR [--resume]]
 """
@@ -47,7 +47,7 @@ class Demo:
 
 DEMOS = {
     DEFAULT_MODEL: Demo("causal_judgement", "Answer the question."),
-    # issue 20's cell (README): the benchmark's GReaTer budget and splits on this task
+    # the side-by-side's cell (docs/results.md): its GReaTer budget and splits on this task
     "qwen2.5-coder-1.5b": Demo("logical_deduction_seven_objects", PAPER_PROMPT, dev=50, test=100),
 }
 
