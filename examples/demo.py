@@ -8,9 +8,9 @@ and the result are scored on a test split never used for selection, beside the m
 On SmolLM2 (the default) it shows the machinery in about 5 minutes on a 2-core CPU; that model
 answers at chance. ``--model qwen2.5-coder-1.5b`` runs the side-by-side's benchmark cell where
 GReaTer's test gain cleared its start and the majority rate: logical_deduction_seven_objects from
-the paper's starting prompt, the same splits (12 train, 50 dev, 100 test), budget and bfloat16 (about 35
-minutes on a 2-core AVX-512 CPU; float32 and slower where bfloat16 is slow). Rerun on a second
-machine it kept the start: docs/results.md says why.
+the paper's starting prompt, the same splits (12 train, 50 dev, 100 test), budget and bfloat16
+(about 35 minutes on a 2-core AVX-512 CPU; float32 and slower where bfloat16 is slow). Rerun on a
+second machine it kept the start: docs/results.md says why.
 
     python examples/demo.py [--model NAME] [--task NAME] [--steps N] [--run-dir DIR [--resume]]
 """
