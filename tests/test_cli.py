@@ -14,6 +14,7 @@ import dspy
 import pytest
 
 from dspy_greater import cli as dspy_greater_cli
+from dspy_greater.cli import optimize as cli_optimize
 from tests.conftest import broken_copy
 
 SCRIPT = Path(sys.executable).parent / "dspy-greater"
@@ -472,7 +473,7 @@ def test_an_internal_error_shows_its_traceback(monkeypatch, tmp_path):
     def broken(settings):
         raise ValueError("a bug in dspy-greater")
 
-    monkeypatch.setattr(dspy_greater_cli, "_task", broken)
+    monkeypatch.setattr(cli_optimize, "load_task_or_fail", broken)
     with pytest.raises(ValueError, match="a bug in dspy-greater"):
         run_main("optimize", "--data", "sports_understanding", "--run-dir", str(tmp_path / "r"))
 

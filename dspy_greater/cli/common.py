@@ -31,7 +31,7 @@ def writable_folder(folder: Path) -> None:
 
 
 def load_task_or_fail(settings: dict[str, Any]) -> Any:
-    from .loaders import load_task
+    from ..loaders import load_task
 
     try:
         return load_task(
@@ -50,9 +50,9 @@ def configured_lm(settings: dict[str, Any]) -> tuple[Any, Any]:
     reasoner (it counts every generation: DSPy's calls and GReaTer's search)."""
     import dspy
 
-    from .adapters.hf_loading import resolve_device
-    from .forced_extraction import ForcedExtractionAdapter
-    from .lm import local_lm, local_reasoner
+    from ..adapters.hf_loading import resolve_device
+    from ..forced_extraction import ForcedExtractionAdapter
+    from ..lm import local_lm, local_reasoner
 
     resolve_device(settings["device"])
     model = settings["model"]
