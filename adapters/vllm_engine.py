@@ -229,7 +229,11 @@ def _kill(processes: set[Any]) -> None:
 
 
 def import_vllm() -> Any:
-    """Import vllm, or say which extra installs it."""
+    """Import vllm, or say which extra installs it. vLLM's own INFO lines (and torch's C++
+    notices in its workers) stay off unless asked for: ``VLLM_LOGGING_LEVEL`` set by the user, or
+    ``dspy_greater.configure_logging(verbose=True)`` before the first engine."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # NUMA binding notices
     try:
         import vllm
     except ImportError as exc:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .logs import install_default_handler
+
 __version__ = "0.2.0"
 
 # Public name -> module that defines it; loaded on first access (PEP 562).
@@ -36,6 +38,7 @@ _LAZY = {
     "load_task": "loaders",
     "GreaterError": "errors",
     "EvaluationFailed": "errors",
+    "configure_logging": "logs",
 }
 
 __all__ = [  # noqa: RUF022 (in _LAZY's order: the optimizer first)
@@ -58,7 +61,10 @@ __all__ = [  # noqa: RUF022 (in _LAZY's order: the optimizer first)
     "load_task",
     "GreaterError",
     "EvaluationFailed",
+    "configure_logging",
 ]
+
+install_default_handler()
 
 if TYPE_CHECKING:
     from .data import bbh_metric, bbh_program, load_bbh, shipped_bbh_tasks, split
@@ -66,6 +72,7 @@ if TYPE_CHECKING:
     from .forced_extraction import ForcedExtractionAdapter
     from .lm import local_lm
     from .loaders import load_task
+    from .logs import configure_logging
     from .models import default_model, embedded_model
     from .report import GReaTerRun
     from .search import PAPER_PROMPT, GreaterConfig, GreaterResult, run_greater

@@ -48,7 +48,14 @@ def load_bbh(task: str | Path) -> list[dspy.Example]:
             )
         path = Path(str(resources.files("dspy_greater") / "tasks" / "bbh" / f"{task}.json"))
     try:
-        rows = json.loads(path.read_text())["examples"]
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}. "
+            "Fix the file there (a trailing comma is a common cause)."
+        ) from exc
+    try:
+        rows = data["examples"]
         examples = [
             dspy.Example(**{INPUT_FIELD: row["input"], ANSWER_FIELD: str(row["target"])})
             for row in rows

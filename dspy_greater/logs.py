@@ -10,16 +10,39 @@ import warnings
 from typing import Any
 
 NOISY = ("dspy", "vllm", "httpx", "LiteLLM")
+FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class _UntilConfigured(logging.StreamHandler):  # type: ignore[type-arg]
+    """Shows dspy_greater's INFO lines (the run directory, the chosen prompt, the scores) in a
+    script that configured no logging, as DSPy's optimizers show theirs; silent once the root
+    logger has a handler (``logging.basicConfig``, the CLI, pytest), which then shows them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
+def install_default_handler() -> None:
+    """Give the ``dspy_greater`` logger its default handler and level INFO (once)."""
+    package = logging.getLogger("dspy_greater")
+    if not any(isinstance(h, _UntilConfigured) for h in package.handlers):
+        handler = _UntilConfigured()
+        handler.setFormatter(logging.Formatter(FORMAT))
+        package.addHandler(handler)
+    if package.level == logging.NOTSET:
+        package.setLevel(logging.INFO)
 
 
 def configure_logging(verbose: bool = False) -> None:
-    """Set up logging for a command (the CLI, the demo). Call it before vLLM starts: its
-    worker processes read the environment set here."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:
+    """What a run shows: dspy_greater's INFO lines, progress bars, results and errors; with
+    ``verbose=True`` also vLLM's, torch's and DSPy's own lines (the CLI's ``-v``). Call it before
+    the first engine starts: vLLM's worker processes read the environment set here."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT)
+    if verbose:
+        os.environ["VLLM_LOGGING_LEVEL"] = "INFO"
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "WARNING"  # torch's own default
+    else:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # NUMA binding and the like
         os.environ.setdefault("PYTHONWARNINGS", "ignore")  # in vLLM's worker processes

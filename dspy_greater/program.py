@@ -25,14 +25,16 @@ back, in the way GEPA's ``core/adapter.py`` states its adapter protocol:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import threading
+import typing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dspy
 
@@ -65,6 +67,104 @@ def passes(score: float | None, threshold: float | None) -> bool:
     if score is None:
         return False
     return score >= threshold if threshold is not None else bool(score)
+
+
+def check_metric(
+    metric: Callable[..., Any], example: dspy.Example, outputs: dict[str, Any]
+) -> None:
+    """Call ``metric`` once, before anything expensive, on ``example`` and a prediction made of
+    its own labels (``outputs``: the output fields and their values), as GReaTer will call it:
+    ``metric(example, prediction, trace)``. A metric that cannot be called so, or that returns
+    None or something that is not a score, stops the run with what to change."""
+    try:
+        inspect.signature(metric).bind(example, None, None)
+    except TypeError:
+        raise GreaterError(
+            f"The metric {getattr(metric, '__name__', metric)!r} cannot be called as "
+            f"metric(example, prediction, trace) (its signature is "
+            f"{inspect.signature(metric)}). Define it as "
+            "def metric(example, prediction, trace=None) -> bool | float, as DSPy's optimizers "
+            "expect."
+        ) from None
+    except ValueError:  # a callable without a signature (a builtin): call it and see
+        pass
+    prediction = dspy.Prediction(**outputs)
+    try:
+        result = metric(example, prediction, None)
+    except Exception as exc:  # it may need what only a real prediction has; the search will say
+        logger.warning(
+            "The metric raised on a prediction made of example 0's own labels (%r); if it "
+            "raises on every prediction, the run stops at its first evaluation.",
+            exc,
+        )
+        return
+    if result is None:
+        raise GreaterError(
+            "The metric returned None for example 0 (given its own labels as the prediction). "
+            "Return a bool, a number, or a dspy.Prediction with a score."
+        )
+    try:
+        value = metric_value(result)
+    except (TypeError, ValueError) as exc:
+        raise GreaterError(
+            f"The metric returned {result!r} ({type(result).__name__}) for example 0, which is not "
+            f"a score ({exc}). Return a bool, a number, or a dspy.Prediction with a score."
+        ) from exc
+    if not value:
+        logger.warning(
+            "The metric scores example 0's own labels as wrong (%r): check that it compares "
+            "the prediction's fields with the example's.",
+            result,
+        )
+
+
+def check_labels(examples: Sequence[dspy.Example], which: str, field: str, annotation: Any) -> None:
+    """Each example's label for the output ``field`` is of the field's type (one of a closed
+    set's choices): a label the adapter's output can never equal is refused before the search,
+    naming the example, the field and the fix."""
+    choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+    for i, example in enumerate(examples):
+        value = example[field]
+        if choices is not None:
+            if value not in choices:
+                raise GreaterError(
+                    f"Example {i} of the {which} has {field}={value!r}, not one of the field's "
+                    f"choices {list(choices)}. Fix the label, or widen the field's type."
+                )
+        elif isinstance(annotation, type) and not _is_instance(value, annotation):
+            raise GreaterError(
+                f"Example {i} of the {which} has {field}={value!r} ({type(value).__name__}), "
+                f"but the output field {field!r} is {annotation.__name__}: the model's answers "
+                f"are read as {annotation.__name__} and would never equal it. Convert the "
+                f"labels ({annotation.__name__}(...)) or type the field as "
+                f"{type(value).__name__}."
+            )
+
+
+def made_up_outputs(example: dspy.Example, signature: Any | None) -> dict[str, Any]:
+    """A prediction's fields made of ``example``'s own labels: every output field of
+    ``signature`` (a placeholder of its type where the example has no such label), or, for a
+    pipeline (None), the example's labels."""
+    if signature is None:
+        return dict(example.labels())
+    return {
+        name: example[name] if name in example else _placeholder(info.annotation)
+        for name, info in signature.output_fields.items()
+    }
+
+
+def _placeholder(annotation: Any) -> Any:
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)[0]
+    return annotation() if annotation in (str, int, float, bool) else "..."
+
+
+def _is_instance(value: Any, annotation: type) -> bool:
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
 
 
 # -- examples -------------------------------------------------------------------------------------
@@ -212,6 +312,7 @@ class AnswerMetricScorer:
         self.loss_weight = loss_weight
         self.num_threads, self.max_errors = num_threads, max_errors
         self.errors, self.lock = 0, threading.Lock()
+        self.first_error: tuple[dspy.Example, Exception] | None = None
 
     def _one(self, signature: Any, example: dspy.Example, reasoning: str) -> float:
         inputs = {k: example[k] for k in signature.input_fields}
@@ -228,6 +329,7 @@ class AnswerMetricScorer:
             with self.lock:  # threads score examples at once
                 self.errors += 1
                 errors = self.errors
+                self.first_error = self.first_error or (example, exc)
             if errors > self.max_errors:
                 raise GreaterError(
                     f"The metric raised {errors} times (more than max_errors="
@@ -241,11 +343,18 @@ class AnswerMetricScorer:
         self, prompt: Prompt, pairs: Sequence[tuple[dspy.Example, RenderedExample]]
     ) -> PromptScore:
         self.errors = 0  # max_errors holds per evaluation of a prompt, as in dspy.Evaluate
+        self.first_error = None
         signature = self.renderer.signature.with_instructions(self.renderer.decode_prompt(prompt))
         decode = self.renderer.tokenizer.decode
         chains = [(ex, decode(list(r.ids[r.reasoning])).strip()) for ex, r in pairs]
         with ThreadPoolExecutor(max(1, min(self.num_threads, len(chains)))) as pool:
             scores = list(pool.map(lambda chain: self._one(signature, *chain), chains))
+        if self.first_error is not None and self.errors == len(chains):
+            example, exc = self.first_error  # every score a 0 that the metric never gave
+            raise GreaterError(
+                f"The metric raised on all {len(chains)} training examples, so no prompt can be "
+                f"scored; the first time on {example}: {exc!r}. Fix the metric."
+            ) from exc
         mistakes = 1.0 - sum(scores) / len(scores)
         nll = _prompt_nll(self.gradient_model, pairs, self.adapter)
         loss = _answer_loss(self.gradient_model, pairs) if self.loss_weight else 0.0

@@ -52,6 +52,30 @@ class GReaTerRun:
     validation_size: int
     validation_from_trainset: bool
     stages: list[StageRun]
+    seconds: float | None = None  # the compile's wall time (this session's, on a resume)
+
+    def __str__(self) -> str:
+        """A short summary: each stage's start and chosen instructions with their validation
+        scores, the steps, the time and the run directory (the details are in the fields)."""
+        lines = [f"GReaTerRun ({self.run_dir})"]
+        for stage in self.stages:
+            start = stage.validation.get(stage.start_instructions)
+            chosen = stage.validation.get(stage.instructions)
+            lines.append(
+                f"  {stage.predictor}"
+                + (f" (round {stage.round + 1})" if stage.round else "")
+                + f": {stage.start_instructions!r} -> {stage.instructions!r}"
+            )
+            if stage.skipped:
+                lines.append(f"    skipped: {stage.skipped}")
+            else:
+                lines.append(
+                    f"    validation {_score(start)} -> {_score(chosen)} "
+                    f"(n={self.validation_size}), {len(stage.history)} steps"
+                )
+        if self.seconds is not None:
+            lines.append(f"  {self.seconds:.0f} s")
+        return "\n".join(lines)
 
     @property
     def only_stage(self) -> StageRun:
@@ -113,6 +137,10 @@ def log_summary(stages: list[StageRun], validation_size: int) -> None:
             _with_error(best, validation_size),
             validation_size,
         )
+
+
+def _score(score: float | None) -> str:
+    return "-" if score is None else f"{score:.3f}"
 
 
 def _with_error(score: float | None, n: int) -> str:

@@ -159,17 +159,11 @@ class RunDir:
                 f"{self.run_file} has schema {stored.get('schema')!r}; this dspy-greater "
                 f"writes schema {SCHEMA}. Start a new run directory."
             )
-        old = stored.get("config", {})
-        differences = [
-            f"{key}: {old.get(key)!r} (stored) vs {self.config.get(key)!r} (now)"
-            for key in sorted(set(old) | set(self.config))
-            if old.get(key) != self.config.get(key)
-        ]
+        differences = changed_settings(stored.get("config", {}), self.config)
         if differences:
             raise RunDirMismatch(
-                f"{self.path} was made with another configuration; cannot resume it with this "
-                "one. Use the same settings or a new run directory. Differences: "
-                + "; ".join(differences)
+                f"{self.path} was made with other settings; cannot resume it with these "
+                f"({'; '.join(differences)}). Use the same settings or a new run directory."
             )
 
     def _read(self) -> dict[str, Any]:
@@ -193,3 +187,14 @@ class RunDir:
     def close(self) -> None:
         if self._generations is not None:
             self._generations.close()
+
+
+def changed_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Each setting that differs, by its dotted name: ``"search.steps: 1 -> 2"``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            change
+            for key in sorted(set(old) | set(new))
+            for change in changed_settings(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]

@@ -457,7 +457,8 @@ def run_greater(
                 prompt = prompt + (token,)
                 search.reason([prompt])
         if progress:
-            steps.set_postfix(best=f"{search.top_prompts()[0][2].value:.3f}")
+            best = search.top_prompts()[0][2]  # train: 1 - mistakes (the metric); loss: all of it
+            steps.set_postfix(train=f"{1 - best.mistake_rate:.3f}", loss=f"{best.value:.3f}")
         if on_checkpoint is not None:
             on_checkpoint(
                 SearchState(

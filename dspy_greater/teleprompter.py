@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -153,6 +154,7 @@ class GReaTer(Teleprompter):
                 "The trainset is empty; GReaTer needs labelled examples (the paper "
                 "uses 50; the light budget uses 8 for the search)."
             )
+        started = time.perf_counter()
         program = student.deepcopy()
         stages = contract.predictors_to_optimize(program, self.predictor)
         starts = contract.starting_instructions(stages, self.initial_instructions)
@@ -169,6 +171,15 @@ class GReaTer(Teleprompter):
             trainset, valset = contract.split_validation(trainset)
         else:
             valset = contract.checked_examples("valset", valset, inputs, label)
+        # The user's metric and labels, checked before any engine starts.
+        signature = stages[0][1].signature if len(stages) == 1 else None
+        if signature is not None and label is not None:
+            annotation = signature.output_fields[label].annotation
+            contract.check_labels(trainset, "trainset", label, annotation)
+            contract.check_labels(valset, "valset", label, annotation)
+        contract.check_metric(
+            self.metric, trainset[0], contract.made_up_outputs(trainset[0], signature)
+        )
 
         adapter = self.adapter or configured_adapter()
         engines = stage_engines(
@@ -266,5 +277,6 @@ class GReaTer(Teleprompter):
             validation_size=len(valset),
             validation_from_trainset=split_off,
             stages=results,
+            seconds=time.perf_counter() - started,
         )
         return program

@@ -37,6 +37,10 @@ def test_bad_task_inputs_have_clear_errors(tmp_path):
     wrong.write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="not a BBH task file"):
         data.load_bbh(wrong)
+    comma = tmp_path / "comma.json"
+    comma.write_text('{"examples": [\n  {"input": "q", "target": "a"},\n]}')
+    with pytest.raises(ValueError, match="not valid JSON: .* at line 3, column 1"):
+        data.load_bbh(comma)
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"examples": []}))
     with pytest.raises(ValueError, match="no examples"):

@@ -31,11 +31,20 @@ def test_generations_survive_a_reopen_and_a_torn_last_line(tmp_path):
     again.close()
 
 
+def test_a_changed_setting_is_named_by_its_dotted_key_alone():
+    from dspy_greater.rundir import changed_settings
+
+    old = {"search": {"steps": 1, "top_k": 10}, "metric": {"function": "m"}, "rounds": 1}
+    new = {"search": {"steps": 2, "top_k": 10}, "metric": {"function": "m"}, "rounds": 1}
+    assert changed_settings(old, new) == ["search.steps: 1 -> 2"]
+    assert changed_settings({"a": 1}, {"b": 2}) == ["a: 1 -> None", "b: None -> 2"]
+
+
 def test_resuming_needs_the_same_config_and_schema(tmp_path):
     RunDir(tmp_path / "run", {"steps": 3, "task": "a"}, resume=False).close()
     with pytest.raises(GreaterError, match="already holds a run.*resume=True"):
         RunDir(tmp_path / "run", {"steps": 3, "task": "a"}, resume=False)
-    with pytest.raises(RunDirMismatch, match=r"steps: 3 \(stored\) vs 5 \(now\)"):
+    with pytest.raises(RunDirMismatch, match=r"\(steps: 3 -> 5\)"):
         RunDir(tmp_path / "run", {"steps": 5, "task": "a"}, resume=True)
     data = json.loads((tmp_path / "run" / "run.json").read_text())
     (tmp_path / "run" / "run.json").write_text(json.dumps({**data, "schema": 0}))

@@ -291,6 +291,20 @@ def test_a_metric_that_keeps_raising_stops_the_run(tiny_lm, tmp_path):
             )
 
 
+def test_a_metric_that_raises_on_every_example_stops_whatever_max_errors_says(tiny_lm, tmp_path):
+    def broken(example, prediction, trace=None):
+        raise KeyError("gold")
+
+    with dspy.context(lm=tiny_lm):
+        with pytest.raises(GreaterError, match=r"raised on all 4 training examples.*KeyError"):
+            _optimizer(metric=broken, max_errors=100).compile(
+                dspy.ChainOfThought("question -> answer"),
+                trainset=DATA[:6],
+                valset=DATA[6:],
+                run_dir=tmp_path / "run",
+            )
+
+
 def test_max_errors_counts_per_evaluation(tiny_lm, tmp_path):
     """A metric that raises on one example of the batch is one error in each scoring (as in
     dspy.Evaluate), not one more for the whole stage each time."""
@@ -440,6 +454,31 @@ def test_the_plot_marks_every_validated_prompt_and_the_chosen_one():
     assert points.stage_starts == [(0.5, "predict"), (3.5, "answer")]
 
 
+def test_a_run_prints_a_short_summary():
+    from dspy_greater.report import GReaTerRun, StageRun
+
+    stage = StageRun(
+        "predict",
+        0,
+        "Start.",
+        "Start now.",
+        {"Start.": 0.44, "Start now.": 0.5},
+        [0.5],
+        [None],
+        "labels",
+        4,
+        model="x" * 5000,
+    )
+    run = GReaTerRun(Path("/runs/r"), "system", "x" * 5000, False, 16, False, [stage], 12.3)
+    text = str(run)
+    assert text.splitlines() == [
+        "GReaTerRun (/runs/r)",
+        "  predict: 'Start.' -> 'Start now.'",
+        "    validation 0.440 -> 0.500 (n=16), 0 steps",
+        "  12 s",
+    ]
+
+
 class _BuggyLogprobs(HFReasoner):
     def prompt_logprobs(self, ids):
         return self.no_such_attribute  # a bug inside the same-model check
@@ -454,3 +493,59 @@ def test_a_bug_in_the_same_model_check_surfaces(tiny_model, tmp_path):
             valset=DATA[6:],
             run_dir=tmp_path / "run",
         )
+
+
+def _stop_at_the_engines(monkeypatch):
+    """Fail the test if compile gets as far as starting an engine."""
+    import dspy_greater.teleprompter as module
+
+    def engines(*args, **kwargs):
+        raise AssertionError("the engines started before the mistake was caught")
+
+    monkeypatch.setattr(module, "stage_engines", engines)
+
+
+def _examples(answers):
+    return [
+        dspy.Example(question=f"q{i}", answer=a).with_inputs("question")
+        for i, a in enumerate(answers)
+    ]
+
+
+@pytest.mark.parametrize(
+    "metric, message",
+    [
+        (lambda example: True, r"cannot be called as metric\(example, prediction, trace\)"),
+        (lambda example, prediction, trace=None: None, "returned None for example 0"),
+        (lambda example, prediction, trace=None: "yes", r"returned 'yes' \(str\).*not a score"),
+    ],
+    ids=["signature", "none", "string"],
+)
+def test_a_broken_metric_stops_compile_before_any_engine(monkeypatch, metric, message):
+    _stop_at_the_engines(monkeypatch)
+    program = dspy.ChainOfThought("question -> answer")
+    data = _examples(["yes", "no"] * 3)
+    with pytest.raises(GreaterError, match=message):
+        GReaTer(metric=metric).compile(program, trainset=data[:4], valset=data[4:])
+
+
+def test_labels_of_another_type_than_the_field_stop_compile_before_any_engine(monkeypatch):
+    from typing import Literal
+
+    _stop_at_the_engines(monkeypatch)
+    metric = bbh_metric
+    numbers = _examples([1, 0, 1, 0, 1, 0])
+    with pytest.raises(
+        GreaterError, match=r"answer=1 \(int\), but the output field 'answer' is str"
+    ):
+        GReaTer(metric=metric).compile(
+            dspy.ChainOfThought("question -> answer"), trainset=numbers[:4], valset=numbers[4:]
+        )
+    closed = dspy.ChainOfThought(
+        dspy.Signature("question -> answer").with_updated_fields(
+            "answer", type_=Literal["yes", "no"]
+        )
+    )
+    maybe = _examples(["yes", "no", "yes", "maybe", "no", "yes"])
+    with pytest.raises(GreaterError, match=r"Example 3 of the trainset has answer='maybe'"):
+        GReaTer(metric=metric).compile(closed, trainset=maybe[:4], valset=maybe[4:])
