@@ -107,6 +107,7 @@ def stage_engines(
             f"No LM for {missing}: configure one (dspy.configure(lm=local_lm())), set the "
             "predictors' lm, or pass task_lm=."
         )
+    device = resolve_device(device)
     engines: dict[str, StageEngines] = {}
     for name, lm in lms.items():
         adapter.check_lm(lm)
@@ -115,7 +116,6 @@ def stage_engines(
             engines[name] = same_lm[0]
             continue
         reasoner, folder = reasoner_and_folder(lm, gradient_model)
-        device = resolve_device(device)
         model = shared_gradient_model(
             folder, dtype=gradient_dtype(dtype, reasoner, gradient_model, device), device=device
         )

@@ -1,9 +1,8 @@
 """GReaTer as a DSPy optimizer: ``GReaTer(metric=...).compile(program, trainset=...)``.
 
-This module only orchestrates: `program` says what the program, its metric and
-examples mean to the search, `stage_engines` which engines are behind its LMs;
-`stages` optimizes one predictor with
-`run_greater`; `report` reports the run.
+This module only orchestrates: `program` says what the program, its metric and examples mean to
+the search, `stage_engines` which engines are behind its LMs; `stages` optimizes one predictor
+with `run_greater`; `report` reports the run.
 """
 
 from __future__ import annotations
@@ -161,10 +160,13 @@ class GReaTer(Teleprompter):
         config = self.search_config()
         # Every stage needs two output fields: checked before any work.
         targets = {name: target_field(name, p.signature) for name, p in stages}
-        inputs, label = None, None  # a pipeline: the examples' own inputs, no label needed
+        # a pipeline: the examples' own inputs, no label needed, no one signature for the metric
+        inputs, label = None, None
+        signature: Any = None
         if len(stages) == 1:
             [(name, predictor)] = stages
-            inputs, label = list(predictor.signature.input_fields), targets[name]
+            signature = predictor.signature
+            inputs, label = list(signature.input_fields), targets[name]
         trainset = contract.checked_examples("trainset", trainset, inputs, label)
         split_off = valset is None
         if valset is None:
@@ -172,8 +174,7 @@ class GReaTer(Teleprompter):
         else:
             valset = contract.checked_examples("valset", valset, inputs, label)
         # The user's metric and labels, checked before any engine starts.
-        signature = stages[0][1].signature if len(stages) == 1 else None
-        if signature is not None and label is not None:
+        if label is not None:
             annotation = signature.output_fields[label].annotation
             contract.check_labels(trainset, "trainset", label, annotation)
             contract.check_labels(valset, "valset", label, annotation)

@@ -277,27 +277,21 @@ def test_a_gradient_model_other_than_the_reasoning_lm_is_refused(tiny_lm, smollm
         )
 
 
-def test_a_metric_that_keeps_raising_stops_the_run(tiny_lm, tmp_path):
+@pytest.mark.parametrize(
+    "max_errors, message",
+    [
+        (2, r"metric raised [34] times.*max_errors=2"),
+        (100, r"raised on all 4 training examples.*KeyError"),  # whatever max_errors says
+    ],
+    ids=["past-max-errors", "on-every-example"],
+)
+def test_a_metric_that_keeps_raising_stops_the_run(tiny_lm, tmp_path, max_errors, message):
     def broken(example, prediction, trace=None):
         raise KeyError("gold")
 
     with dspy.context(lm=tiny_lm):
-        with pytest.raises(GreaterError, match=r"metric raised [34] times.*max_errors=2"):
-            _optimizer(metric=broken, max_errors=2).compile(
-                dspy.ChainOfThought("question -> answer"),
-                trainset=DATA[:6],
-                valset=DATA[6:],
-                run_dir=tmp_path / "run",
-            )
-
-
-def test_a_metric_that_raises_on_every_example_stops_whatever_max_errors_says(tiny_lm, tmp_path):
-    def broken(example, prediction, trace=None):
-        raise KeyError("gold")
-
-    with dspy.context(lm=tiny_lm):
-        with pytest.raises(GreaterError, match=r"raised on all 4 training examples.*KeyError"):
-            _optimizer(metric=broken, max_errors=100).compile(
+        with pytest.raises(GreaterError, match=message):
+            _optimizer(metric=broken, max_errors=max_errors).compile(
                 dspy.ChainOfThought("question -> answer"),
                 trainset=DATA[:6],
                 valset=DATA[6:],
