@@ -14,7 +14,7 @@ from typing import Any
 
 from .base import Completion, Reasoner
 
-__all__ = ["Completion", "Reasoner", "make_reasoner"]
+__all__ = ["Completion", "Reasoner", "engine_context_length", "make_reasoner"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,5 +37,23 @@ def make_reasoner(
     if backend == "hf":
         from .hf_reasoner import HFReasoner
 
+        kwargs.pop("max_model_len", None)  # vLLM's KV-cache size; transformers has none
         return HFReasoner(model, **kwargs)
     raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', got {backend!r}.")
+
+
+def engine_context_length(
+    model: str | os.PathLike[str], *, backend: str = "auto", max_model_len: int | None = None
+) -> tuple[int | None, str]:
+    """The context (prompt and new tokens together) of the reasoner `make_reasoner` would
+    build on ``model``, known before it starts, and what sets it: ``"max_model_len"`` (vLLM's
+    engine setting) or ``"the model"`` (its position embeddings: transformers' limit)."""
+    from .hf_loading import model_context_length
+    from .vllm_engine import DEFAULT_MAX_MODEL_LEN, vllm_available
+
+    own = model_context_length(model)
+    if backend == "auto":
+        backend = "vllm" if vllm_available() else "hf"
+    if backend == "vllm":
+        return max_model_len or DEFAULT_MAX_MODEL_LEN, "max_model_len"
+    return own, "the model"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,19 @@ def check_model_path(model: str | os.PathLike[str]) -> str:
             "dspy_greater.default_model() for the embedded SmolLM2."
         )
     return text
+
+
+def model_context_length(folder: str | os.PathLike[str]) -> int | None:
+    """The longest sequence a model folder's config allows (its position embeddings), or None
+    where the config does not say."""
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
 
 
 BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -105,6 +119,21 @@ def check_memory(
     )
 
 
+@contextlib.contextmanager
+def _loading_bar(show: bool) -> Iterator[None]:
+    """transformers' "Loading weights" bar only where asked (debug logs)."""
+    from transformers.utils import logging as hf_logging
+
+    was_shown = hf_logging.is_progress_bar_enabled()
+    if was_shown and not show:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_shown and not show:
+            hf_logging.enable_progress_bar()
+
+
 def load_causal_lm(
     model: str | os.PathLike[str],
     *,
@@ -127,7 +156,8 @@ def load_causal_lm(
         raise ValueError(f"The tokenizer of {path} has no chat template; use an instruct model.")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"The tokenizer of {path} is not a fast tokenizer (offsets are needed).")
-    lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    with _loading_bar(logger.isEnabledFor(logging.DEBUG)):  # a bar per load is noise
+        lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     lm = lm.to(device).eval()
     if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise ValueError(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import Completion, TemplateChat
-from .hf_loading import load_causal_lm, prompt_logprobs, resolve_device
+from .hf_loading import load_causal_lm, model_context_length, prompt_logprobs, resolve_device
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -32,6 +32,7 @@ class HFReasoner(TemplateChat):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype, device=device)
         self.model_path = os.fspath(model)
+        self.context_length = model_context_length(model)  # prompt and new tokens together
         self.dtype, self.device = dtype, device
         self.generated_sequences = 0  # every completion this reasoner produced (for measuring)
         self.truncated_sequences = 0  # those that stopped at max_new_tokens

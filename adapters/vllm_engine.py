@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Collection, MutableMapping, Sequence
 from typing import Any
 
@@ -228,12 +229,38 @@ def _kill(processes: set[Any]) -> None:
         process.join(timeout=10)
 
 
-def import_vllm() -> Any:
-    """Import vllm, or say which extra installs it. vLLM's own INFO lines (and torch's C++
-    notices in its workers) stay off unless asked for: ``VLLM_LOGGING_LEVEL`` set by the user, or
-    ``dspy_greater.configure_logging(verbose=True)`` before the first engine."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+# The context our vLLM engines are started with (prompt and new tokens together): the KV cache
+# is sized for it. ``max_model_len=`` raises it up to the model's own limit.
+DEFAULT_MAX_MODEL_LEN = 4096
+
+
+def quiet_engine_by_default() -> bool:
+    """Keep vLLM's own lines (its settings' notices, Triton's, the loading bars, torch's C++
+    and FutureWarning notices in its workers) off unless the user asked for them:
+    ``VLLM_LOGGING_LEVEL`` set by the user, or ``dspy_greater.configure_logging(verbose=True)``
+    before the first engine. True where they are off. Errors still show."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # NUMA binding notices
+    quiet = os.environ["VLLM_LOGGING_LEVEL"].upper() in ("ERROR", "CRITICAL")
+    if quiet:
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # the workers'
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
+        quiet_import_notices()
+    return quiet
+
+
+def quiet_import_notices() -> None:
+    """vLLM logs a notice on import, before its logging is configured (so no level applies):
+    Triton's missing CPU backend. Off where vLLM's level is ERROR; called on import of
+    dspy_greater too, which vLLM's worker processes re-import (spawn) before vLLM."""
+    if os.environ.get("VLLM_LOGGING_LEVEL", "").upper() in ("ERROR", "CRITICAL"):
+        logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
+
+
+def import_vllm() -> Any:
+    """Import vllm (quiet by default: `quiet_engine_by_default`), or say which extra installs
+    it."""
+    quiet_engine_by_default()
     try:
         import vllm
     except ImportError as exc:
@@ -276,7 +303,7 @@ class VLLMReasoner(TemplateChat):
         *,
         dtype: str = "float32",
         enforce_eager: bool | None = None,
-        max_model_len: int = 4096,
+        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
         seed: int = 0,
         progress: bool = False,
         log_stats: bool = False,
@@ -312,7 +339,7 @@ class VLLMReasoner(TemplateChat):
                 seed=seed,
                 enable_prefix_caching=True,
                 disable_log_stats=not log_stats,
-                **engine_kwargs,
+                **{"use_tqdm_on_load": not quiet_engine_by_default(), **engine_kwargs},
             )
             _ENGINES[key] = _SharedEngine(llm)
         self._key = key
@@ -321,6 +348,7 @@ class VLLMReasoner(TemplateChat):
         self.llm = self._engine.llm
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
+        self.context_length = max_model_len  # prompt and new tokens together
         self.generated_sequences = 0  # every completion this reasoner produced (for measuring)
         self.truncated_sequences = 0  # those that stopped at max_new_tokens
         self.progress = progress

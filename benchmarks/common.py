@@ -119,7 +119,7 @@ def timed_step(data: list[Any], reasoner: Any, model: Any, tokens: int) -> tuple
     """One GReaTer step from the paper's prompt on the chat-template renderer (the light budget,
     ``len(data)`` examples, ``tokens`` reasoning tokens): the search's result and its seconds."""
     from dspy_greater import PAPER_PROMPT, GreaterConfig, run_greater
-    from dspy_greater.renderers import ChatTemplateRenderer
+    from dspy_greater.chat_template import ChatTemplateRenderer
 
     config = GreaterConfig.budget(
         "light", steps=1, num_examples=len(data), max_reasoning_tokens=tokens

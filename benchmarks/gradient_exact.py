@@ -37,8 +37,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import dspy_greater
     from dspy_greater.adapters.hf_gradient import HFGradientModel
     from dspy_greater.adapters.hf_reasoner import HFReasoner
+    from dspy_greater.chat_template import ChatTemplateRenderer
     from dspy_greater.models import registered_dtype
-    from dspy_greater.renderers import ChatTemplateRenderer
     from dspy_greater.search import PAPER_PROMPT, readable_tokens, shortlist_by_gradient
 
     started = time.perf_counter()

@@ -82,7 +82,7 @@ def gradient_agreement(
     import dspy_greater
     from dspy_greater.adapters.hf_gradient import HFGradientModel
     from dspy_greater.adapters.hf_reasoner import HFReasoner
-    from dspy_greater.renderers import ChatTemplateRenderer
+    from dspy_greater.chat_template import ChatTemplateRenderer
     from dspy_greater.search import PAPER_PROMPT, readable_tokens, shortlist_by_gradient
 
     path = dspy_greater.embedded_model(model_name)

@@ -364,6 +364,7 @@ def local_lm(
     dtype: str | None = None,
     reasoner: Reasoner | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    max_model_len: int | None = None,
     continuous: bool | None = None,
     **lm_kwargs: Any,
 ) -> dspy.LM:
@@ -384,6 +385,8 @@ def local_lm(
             model's registered dtype, and float32 for a folder.
         reasoner: An engine already built (``model`` and ``backend`` are then ignored).
         max_tokens: The default budget of new tokens per call.
+        max_model_len: vLLM's context, prompt and new tokens together (default 4,096; up to
+            the model's own limit). Raise it for long inputs; transformers uses the model's.
         continuous: Batch continuously (a call joins the requests in flight at the model's next
             step); None where the reasoner can (vLLM), False for batches of the calls that
             arrive within a few milliseconds (see `LocalEngine`).
@@ -395,8 +398,9 @@ def local_lm(
     if reasoner is None:
         from .models import registered_dtype, resolve_model
 
+        extra = {"max_model_len": max_model_len} if max_model_len else {}
         reasoner = make_reasoner(
-            resolve_model(model), backend=backend, dtype=dtype or registered_dtype(model)
+            resolve_model(model), backend=backend, dtype=dtype or registered_dtype(model), **extra
         )
     engine = LocalEngine(reasoner, continuous=continuous)
     # DSPy's cache key holds the model string: it names the weights, not just the folder's name.

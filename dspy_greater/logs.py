@@ -24,7 +24,11 @@ class _UntilConfigured(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def install_default_handler() -> None:
-    """Give the ``dspy_greater`` logger its default handler and level INFO (once)."""
+    """Give the ``dspy_greater`` logger its default handler and level INFO (once); keep vLLM's
+    import notices off in its worker processes, which import this package first."""
+    from .adapters.vllm_engine import quiet_import_notices
+
+    quiet_import_notices()
     package = logging.getLogger("dspy_greater")
     if not any(isinstance(h, _UntilConfigured) for h in package.handlers):
         handler = _UntilConfigured()
@@ -39,6 +43,7 @@ def configure_logging(verbose: bool = False) -> None:
     ``verbose=True`` also vLLM's, torch's and DSPy's own lines (the CLI's ``-v``). Call it before
     the first engine starts: vLLM's worker processes read the environment set here."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT)
+    logging.getLogger("dspy_greater").setLevel(logging.DEBUG if verbose else logging.INFO)
     if verbose:
         os.environ["VLLM_LOGGING_LEVEL"] = "INFO"
         os.environ["TORCH_CPP_LOG_LEVEL"] = "WARNING"  # torch's own default
@@ -54,16 +59,18 @@ def configure_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
-def truncation_note(reasoner: Any, since: tuple[int, int] = (0, 0)) -> str | None:
+def truncation_note(
+    reasoner: Any, since: tuple[int, int] = (0, 0), setting: str = "--max-tokens"
+) -> str | None:
     """One line on how many of ``reasoner``'s completions (since ``since``, a
-    `generation_counts` taken earlier) stopped at their token limit; None if none did."""
+    `generation_counts` taken earlier) stopped at their token limit, naming the ``setting``
+    that raises it; None if none did."""
     generated, truncated = generations_since(reasoner, since)
     if not truncated:
         return None
     return (
         f"{truncated} of {generated} generations stopped at their token limit (the chain "
-        "of thought was cut short); raise the reasoning budget (--max-tokens) if that is "
-        "often."
+        f"of thought was cut short); raise the reasoning budget ({setting}) if that is often."
     )
 
 

@@ -25,21 +25,19 @@ back, in the way GEPA's ``core/adapter.py`` states its adapter protocol:
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
 import threading
-import typing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import dspy
 
 from .adapters.base import GradientModel, RenderedExample
-from .errors import GreaterError
+from .errors import EvaluationFailed, GreaterError
 from .forced_extraction import ForcedExtractionAdapter
 from .renderers import AdapterRenderer
 from .rundir import write_json_atomically
@@ -67,104 +65,6 @@ def passes(score: float | None, threshold: float | None) -> bool:
     if score is None:
         return False
     return score >= threshold if threshold is not None else bool(score)
-
-
-def check_metric(
-    metric: Callable[..., Any], example: dspy.Example, outputs: dict[str, Any]
-) -> None:
-    """Call ``metric`` once, before anything expensive, on ``example`` and a prediction made of
-    its own labels (``outputs``: the output fields and their values), as GReaTer will call it:
-    ``metric(example, prediction, trace)``. A metric that cannot be called so, or that returns
-    None or something that is not a score, stops the run with what to change."""
-    try:
-        inspect.signature(metric).bind(example, None, None)
-    except TypeError:
-        raise GreaterError(
-            f"The metric {getattr(metric, '__name__', metric)!r} cannot be called as "
-            f"metric(example, prediction, trace) (its signature is "
-            f"{inspect.signature(metric)}). Define it as "
-            "def metric(example, prediction, trace=None) -> bool | float, as DSPy's optimizers "
-            "expect."
-        ) from None
-    except ValueError:  # a callable without a signature (a builtin): call it and see
-        pass
-    prediction = dspy.Prediction(**outputs)
-    try:
-        result = metric(example, prediction, None)
-    except Exception as exc:  # it may need what only a real prediction has; the search will say
-        logger.warning(
-            "The metric raised on a prediction made of example 0's own labels (%r); if it "
-            "raises on every prediction, the run stops at its first evaluation.",
-            exc,
-        )
-        return
-    if result is None:
-        raise GreaterError(
-            "The metric returned None for example 0 (given its own labels as the prediction). "
-            "Return a bool, a number, or a dspy.Prediction with a score."
-        )
-    try:
-        value = metric_value(result)
-    except (TypeError, ValueError) as exc:
-        raise GreaterError(
-            f"The metric returned {result!r} ({type(result).__name__}) for example 0, which is not "
-            f"a score ({exc}). Return a bool, a number, or a dspy.Prediction with a score."
-        ) from exc
-    if not value:
-        logger.warning(
-            "The metric scores example 0's own labels as wrong (%r): check that it compares "
-            "the prediction's fields with the example's.",
-            result,
-        )
-
-
-def check_labels(examples: Sequence[dspy.Example], which: str, field: str, annotation: Any) -> None:
-    """Each example's label for the output ``field`` is of the field's type (one of a closed
-    set's choices): a label the adapter's output can never equal is refused before the search,
-    naming the example, the field and the fix."""
-    choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
-    for i, example in enumerate(examples):
-        value = example[field]
-        if choices is not None:
-            if value not in choices:
-                raise GreaterError(
-                    f"Example {i} of the {which} has {field}={value!r}, not one of the field's "
-                    f"choices {list(choices)}. Fix the label, or widen the field's type."
-                )
-        elif isinstance(annotation, type) and not _is_instance(value, annotation):
-            raise GreaterError(
-                f"Example {i} of the {which} has {field}={value!r} ({type(value).__name__}), "
-                f"but the output field {field!r} is {annotation.__name__}: the model's answers "
-                f"are read as {annotation.__name__} and would never equal it. Convert the "
-                f"labels ({annotation.__name__}(...)) or type the field as "
-                f"{type(value).__name__}."
-            )
-
-
-def made_up_outputs(example: dspy.Example, signature: Any | None) -> dict[str, Any]:
-    """A prediction's fields made of ``example``'s own labels: every output field of
-    ``signature`` (a placeholder of its type where the example has no such label), or, for a
-    pipeline (None), the example's labels."""
-    if signature is None:
-        return dict(example.labels())
-    return {
-        name: example[name] if name in example else _placeholder(info.annotation)
-        for name, info in signature.output_fields.items()
-    }
-
-
-def _placeholder(annotation: Any) -> Any:
-    if typing.get_origin(annotation) is Literal:
-        return typing.get_args(annotation)[0]
-    return annotation() if annotation in (str, int, float, bool) else "..."
-
-
-def _is_instance(value: Any, annotation: type) -> bool:
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, annotation)
 
 
 # -- examples -------------------------------------------------------------------------------------
@@ -218,10 +118,48 @@ def split_validation(
 
 
 # -- scores ---------------------------------------------------------------------------------------
+class Failures:
+    """The examples that failed over a whole compile (the program or the metric raised on them),
+    each counted once however often it is scored, against ``max_errors``: the run stops once
+    more than ``max_errors`` examples have failed. (An evaluation in which every example failed
+    means nothing and stops at once: `all_failed`.)"""
+
+    def __init__(self, max_errors: int) -> None:
+        self.max_errors = max_errors
+        self.failed: set[str] = set()
+        self.lock = threading.Lock()
+
+    def add(self, example: Any, exc: BaseException, what: str) -> None:
+        """Count a failure on ``example``; a `GreaterError` once more than ``max_errors``
+        examples have failed."""
+        key = json.dumps(dict(example.items()), sort_keys=True, default=str)
+        with self.lock:  # threads score examples at once
+            new = key not in self.failed
+            self.failed.add(key)
+            count = len(self.failed)
+        if count > self.max_errors:
+            raise GreaterError(
+                f"{what} failed on {count} examples in this run (more than max_errors="
+                f"{self.max_errors}); the last time on {example}: {exc!r}. Fix it, or raise "
+                "max_errors."
+            ) from exc
+        if new:
+            logger.warning("%s failed on %s: %r (scored 0).", what, example, exc)
+
+    @staticmethod
+    def all_failed(n: int, which: str, first: tuple[Any, BaseException]) -> EvaluationFailed:
+        example, exc = first
+        return EvaluationFailed(
+            f"Every one of the {n} {which} failed, so no prompt can be scored; the first on "
+            f"{example}: {exc!r}. Fix the metric or the program (or start its engine), and "
+            "run again."
+        )
+
+
 class InstructionsEvaluator:
     """The whole program's mean metric on ``examples`` with one predictor's instructions replaced
     (the others as they stand in ``program``); cached in ``cache_file``, keyed by every
-    predictor's instructions."""
+    predictor's instructions. Failures count in ``failures`` (over the run)."""
 
     def __init__(
         self,
@@ -232,13 +170,14 @@ class InstructionsEvaluator:
         lm: Any,
         adapter: ForcedExtractionAdapter,
         num_threads: int,
-        max_errors: int,
+        failures: Failures,
+        which: str = "validation examples",
         cache_file: Path | None = None,
         progress: bool = False,
     ) -> None:
         self.program, self.examples, self.metric = program, examples, metric
         self.lm, self.adapter = lm, adapter
-        self.num_threads, self.max_errors = num_threads, max_errors
+        self.num_threads, self.failures, self.which = num_threads, failures, which
         self.cache_file, self.progress = cache_file, progress
         self.scores: dict[str, float] = (
             json.loads(cache_file.read_text())
@@ -246,35 +185,95 @@ class InstructionsEvaluator:
             else {}
         )
 
-    def __call__(self, predictor: str, instructions: str) -> float:
-        key = json.dumps(
+    def _key(self, predictor: str, instructions: str) -> str:
+        return json.dumps(
             {
                 n: instructions if n == predictor else p.signature.instructions
                 for n, p in self.program.named_predictors()
             },
             sort_keys=True,
         )
-        if key not in self.scores:  # copy the program only to score it, not on a cache hit
-            candidate = self.program.deepcopy()
-            chosen = dict(candidate.named_predictors())[predictor]
-            chosen.signature = chosen.signature.with_instructions(instructions)
 
-            def metric(example: Any, prediction: Any, trace: Any = None) -> float:
-                return metric_value(self.metric(example, prediction, trace))
+    def __call__(self, predictor: str, instructions: str) -> float:
+        return self.score_all(predictor, [instructions])[instructions]
 
-            with dspy.context(lm=self.lm, adapter=self.adapter):
-                result = dspy.Evaluate(
-                    devset=self.examples,
-                    metric=metric,
-                    num_threads=self.num_threads,
-                    display_progress=self.progress,
-                    max_errors=self.max_errors,
-                    failure_score=0.0,
-                )(candidate)
-            self.scores[key] = sum(s for _, _, s in result.results) / len(self.examples)
-            if self.cache_file is not None:
-                write_json_atomically(self.cache_file, self.scores)
-        return self.scores[key]
+    def score_all(self, predictor: str, texts: Sequence[str]) -> dict[str, float]:
+        """Each of ``texts`` as ``predictor``'s instructions, scored: those not cached under one
+        progress bar (with ``progress``) over all their examples."""
+        missing = [t for t in dict.fromkeys(texts) if self._key(predictor, t) not in self.scores]
+        bar = None
+        if self.progress and missing:
+            from tqdm.auto import tqdm
+
+            prompts = "1 prompt" if len(missing) == 1 else f"{len(missing)} prompts"
+            bar = tqdm(
+                total=len(missing) * len(self.examples),
+                desc=f"Validating {prompts}",
+                unit="example",
+            )
+        try:
+            for text in missing:
+                self.scores[self._key(predictor, text)] = self._score(predictor, text, bar)
+                if self.cache_file is not None:
+                    write_json_atomically(self.cache_file, self.scores)
+        finally:
+            if bar is not None:
+                bar.close()
+        return {text: self.scores[self._key(predictor, text)] for text in texts}
+
+    def _score(self, predictor: str, instructions: str, bar: Any) -> float:
+        from dspy.utils.parallelizer import ParallelExecutor
+
+        candidate = self.program.deepcopy()
+        chosen = dict(candidate.named_predictors())[predictor]
+        chosen.signature = chosen.signature.with_instructions(instructions)
+        failed: list[tuple[Any, BaseException]] = []  # list.append is atomic
+        stop: list[GreaterError] = []  # more than max_errors over the run
+
+        def failure(example: dspy.Example, exc: Exception, what: str) -> float:
+            failed.append((example, exc))
+            try:
+                self.failures.add(example, exc, what)
+            except GreaterError as error:
+                stop.append(error)
+                raise  # the executor then cancels the other examples
+            return 0.0
+
+        def run(example: dspy.Example) -> float:
+            try:
+                try:
+                    prediction = candidate(**example.inputs())
+                except Exception as exc:
+                    return failure(example, exc, "The program")
+                try:
+                    return metric_value(self.metric(example, prediction, None))
+                except Exception as exc:
+                    return failure(example, exc, "The metric")
+            finally:
+                if bar is not None:
+                    bar.update(1)
+
+        # DSPy's executor carries the caller's settings (dspy.context) into its threads; a long
+        # chain is not a straggler to run twice (greedy: the same answer).
+        executor = ParallelExecutor(
+            num_threads=max(1, min(self.num_threads, len(self.examples))),
+            max_errors=1,
+            disable_progress_bar=True,
+            timeout=_NEVER,
+        )
+        with dspy.context(lm=self.lm, adapter=self.adapter):
+            try:
+                scores = executor.execute(run, self.examples)
+            except Exception:
+                if stop:
+                    raise stop[0] from None
+                raise
+        if len(failed) >= len(self.examples):
+            raise Failures.all_failed(len(self.examples), self.which, failed[0])
+        return sum(scores) / len(self.examples)
+
+
+_NEVER = 7 * 24 * 3600  # seconds
 
 
 def _prompt_nll(
@@ -305,16 +304,20 @@ class AnswerMetricScorer:
         nll_weight: float,
         loss_weight: float = 0.0,
         num_threads: int,
-        max_errors: int,
+        failures: Failures,
     ) -> None:
         self.metric, self.lm, self.adapter, self.renderer = metric, lm, adapter, renderer
         self.gradient_model, self.nll_weight = gradient_model, nll_weight
         self.loss_weight = loss_weight
-        self.num_threads, self.max_errors = num_threads, max_errors
-        self.errors, self.lock = 0, threading.Lock()
-        self.first_error: tuple[dspy.Example, Exception] | None = None
+        self.num_threads, self.failures = num_threads, failures
 
-    def _one(self, signature: Any, example: dspy.Example, reasoning: str) -> float:
+    def _one(
+        self,
+        signature: Any,
+        example: dspy.Example,
+        reasoning: str,
+        failed: list[tuple[Any, BaseException]],
+    ) -> float:
         inputs = {k: example[k] for k in signature.input_fields}
         values = self.adapter.complete(
             self.lm,
@@ -326,35 +329,21 @@ class AnswerMetricScorer:
         try:
             return metric_value(self.metric(example, dspy.Prediction(**values), None))
         except Exception as exc:  # counted as a failure, as dspy.Evaluate does
-            with self.lock:  # threads score examples at once
-                self.errors += 1
-                errors = self.errors
-                self.first_error = self.first_error or (example, exc)
-            if errors > self.max_errors:
-                raise GreaterError(
-                    f"The metric raised {errors} times (more than max_errors="
-                    f"{self.max_errors}); the last time on {example}: {exc!r}. Fix the metric "
-                    "or raise max_errors."
-                ) from exc
-            logger.warning("The metric raised on %s: %r (scored 0).", example, exc)
+            failed.append((example, exc))
+            self.failures.add(example, exc, "The metric")
             return 0.0
 
     def __call__(
         self, prompt: Prompt, pairs: Sequence[tuple[dspy.Example, RenderedExample]]
     ) -> PromptScore:
-        self.errors = 0  # max_errors holds per evaluation of a prompt, as in dspy.Evaluate
-        self.first_error = None
         signature = self.renderer.signature.with_instructions(self.renderer.decode_prompt(prompt))
         decode = self.renderer.tokenizer.decode
         chains = [(ex, decode(list(r.ids[r.reasoning])).strip()) for ex, r in pairs]
+        failed: list[tuple[Any, BaseException]] = []
         with ThreadPoolExecutor(max(1, min(self.num_threads, len(chains)))) as pool:
-            scores = list(pool.map(lambda chain: self._one(signature, *chain), chains))
-        if self.first_error is not None and self.errors == len(chains):
-            example, exc = self.first_error  # every score a 0 that the metric never gave
-            raise GreaterError(
-                f"The metric raised on all {len(chains)} training examples, so no prompt can be "
-                f"scored; the first time on {example}: {exc!r}. Fix the metric."
-            ) from exc
+            scores = list(pool.map(lambda c: self._one(signature, c[0], c[1], failed), chains))
+        if len(failed) == len(chains):  # every score a 0 that the metric never gave
+            raise Failures.all_failed(len(chains), "training examples", failed[0])
         mistakes = 1.0 - sum(scores) / len(scores)
         nll = _prompt_nll(self.gradient_model, pairs, self.adapter)
         loss = _answer_loss(self.gradient_model, pairs) if self.loss_weight else 0.0

@@ -71,7 +71,8 @@ class GReaTerRun:
             else:
                 lines.append(
                     f"    validation {_score(start)} -> {_score(chosen)} "
-                    f"(n={self.validation_size}), {len(stage.history)} steps"
+                    f"(n={self.validation_size}), {len(stage.history)} "
+                    + ("step" if len(stage.history) == 1 else "steps")
                 )
         if self.seconds is not None:
             lines.append(f"  {self.seconds:.0f} s")

@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from logging import DEBUG, INFO
 from typing import Any, Literal
 
 from .adapters.base import GradientModel, Reasoner, RenderedExample, Renderer
@@ -444,7 +445,8 @@ def run_greater(
 
         steps = tqdm(steps, desc=desc, unit="step", initial=state.steps_done, total=config.steps)
     for step in steps:
-        record = _step(search, prompt, position, step, rng)
+        # a bar shows each step; without one, a line does
+        record = _step(search, prompt, position, step, rng, DEBUG if progress else INFO)
         history.append(record)
         prompt = tuple(prompt[:position]) + (record.selected,) + tuple(prompt[position + 1 :])
         ends_sentence = search.text((record.selected,)).strip().endswith(".")
@@ -502,16 +504,16 @@ def _start(search: _Search, initial_prompt: str, rng: random.Random) -> SearchSt
     initial_score = search.score(prompt)
     setup_seconds["score"] = time.perf_counter() - clock
     logger.info(
-        "Initial prompt %r: score %.4f (mistakes %.2f)",
+        "Initial prompt %r: train %.3f (loss %.4f)",
         search.text(prompt),
+        1 - initial_score.mistake_rate,
         initial_score.value,
-        initial_score.mistake_rate,
     )
     return SearchState(0, prompt, 0, rng.getstate(), [], dict(search.scores), prompt, setup_seconds)
 
 
 def _step(
-    search: _Search, prompt: Prompt, position: int, step: int, rng: random.Random
+    search: _Search, prompt: Prompt, position: int, step: int, rng: random.Random, level: int
 ) -> StepRecord:
     config, seconds = search.config, {}
     clock = time.perf_counter()
@@ -565,7 +567,8 @@ def _step(
         score_after=scores[selected].value,
         seconds=seconds,
     )
-    logger.info(
+    logger.log(
+        level,
         "step %d pos %d: %d candidates (k=%d) -> %r score %.4f",
         step,
         position,

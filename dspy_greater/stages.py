@@ -15,7 +15,7 @@ import dspy
 from .errors import GreaterError
 from .forced_extraction import ForcedExtractionAdapter
 from .identity import examples_digest
-from .program import AnswerMetricScorer, InstructionsEvaluator, PipelineScorer
+from .program import AnswerMetricScorer, Failures, InstructionsEvaluator, PipelineScorer
 from .renderers import AdapterRenderer
 from .report import StageRun, stage_json
 from .rundir import RunDir, write_json_atomically
@@ -41,7 +41,8 @@ class CompileRun:
     metric: Callable[..., Any]
     metric_threshold: float | None
     num_threads: int
-    max_errors: int
+    max_errors: int  # failed program runs tolerated in tracing a pipeline's targets
+    failures: Failures  # failed examples over the run, against max_errors
     single: bool  # a one-predictor program: its targets are the trainset's labels
     validation: InstructionsEvaluator  # on the valset, cached in the run directory
     training: InstructionsEvaluator  # on the training batch (a pipeline stage's selection)
@@ -98,7 +99,7 @@ def optimize_stage(
             renderer=renderer,
             gradient_model=engines.gradient_model,
             num_threads=run.num_threads,
-            max_errors=run.max_errors,
+            failures=run.failures,
             **weights,
         )
     else:
@@ -150,7 +151,7 @@ def optimize_stage(
             len(candidates),
             len(run.validation.examples),
         )
-        validation = {text: run.validation(name, text) for text in candidates}
+        validation = run.validation.score_all(name, candidates)
         final = stage_dir.state()
         assert final is not None  # the search checkpoints after its setup
         scored = {renderer.decode_prompt(ids): s for ids, s in final.scores.items()}

@@ -19,19 +19,24 @@ from typing import Any
 import dspy
 from dspy.teleprompt import Teleprompter
 
+from . import checks
 from . import program as contract
 from .forced_extraction import ForcedExtractionAdapter
 from .identity import examples_digest, metric_identity
 from .lm import cancel_local_calls
 from .logs import generation_counts, truncation_note
+from .renderers import AdapterRenderer
 from .report import GReaTerRun, StageRun, log_summary, plot_scores, stage_json
 from .rundir import RunDir
 from .search import BUDGETS, Budget, GreaterConfig, StepRecord
-from .stage_engines import configured_adapter, stage_engines
+from .stage_engines import StageEngines, configured_adapter, stage_engines
 from .stages import CompileRun, optimize_stage
 from .targets import target_field
 
 logger = logging.getLogger(__name__)
+
+# The two budgets of reasoning tokens: the search's and the LM's (validation, the program's calls).
+_BUDGET_SETTINGS = "GreaterConfig.max_reasoning_tokens, and local_lm(max_tokens=...)"
 
 
 class GReaTer(Teleprompter):
@@ -66,7 +71,9 @@ class GReaTer(Teleprompter):
             truthy score), as in DSPy's bootstrapping.
         run_dir: Keeps the run, to resume it (default: a new temporary folder).
         num_threads: Parallel program calls.
-        max_errors: Failures tolerated per evaluation (default: ``dspy.settings.max_errors``).
+        max_errors: Examples on which the program or the metric may raise over the whole run,
+            each counted once (default: ``dspy.settings.max_errors``). An evaluation in which
+            every example failed stops the run whatever this says.
         seed: The search's seed.
         dtype: The gradient model's dtype; None for the task engine's (``local_lm`` on
             ``"qwen2.5-coder-1.5b"``: bfloat16), else ``gradient_model``'s registered one, else
@@ -176,10 +183,10 @@ class GReaTer(Teleprompter):
         # The user's metric and labels, checked before any engine starts.
         if label is not None:
             annotation = signature.output_fields[label].annotation
-            contract.check_labels(trainset, "trainset", label, annotation)
-            contract.check_labels(valset, "valset", label, annotation)
-        contract.check_metric(
-            self.metric, trainset[0], contract.made_up_outputs(trainset[0], signature)
+            checks.check_labels(trainset, "trainset", label, annotation)
+            checks.check_labels(valset, "valset", label, annotation)
+        checks.check_metric(
+            self.metric, trainset[0], checks.made_up_outputs(trainset[0], signature)
         )
 
         adapter = self.adapter or configured_adapter()
@@ -191,6 +198,11 @@ class GReaTer(Teleprompter):
             dtype=self.dtype,
             device=self.device,
         )
+        if len(stages) == 1:  # a pipeline stage's inputs are known only once the program runs
+            [(name, predictor)] = stages
+            _check_lengths(
+                predictor, engines[name], adapter, starts[name], trainset, valset, config
+            )
         reasoners = list({id(e.reasoner): e.reasoner for e in engines.values()}.values())
         counts = [generation_counts(reasoner) for reasoner in reasoners]
         models = {name: e.model_folder for name, e in engines.items()}
@@ -213,9 +225,8 @@ class GReaTer(Teleprompter):
         logger.info("GReaTer run directory: %s", folder)
         lm = self.task_lm or dspy.settings.lm
         max_errors = self.max_errors if self.max_errors is not None else dspy.settings.max_errors
-        evaluator = dict(
-            lm=lm, adapter=adapter, num_threads=self.num_threads, max_errors=max_errors
-        )
+        failures = contract.Failures(max_errors)  # over the whole run, every evaluation
+        evaluator = dict(lm=lm, adapter=adapter, num_threads=self.num_threads, failures=failures)
         run = CompileRun(
             program=program,
             trainset=trainset,
@@ -229,6 +240,7 @@ class GReaTer(Teleprompter):
             metric_threshold=self.metric_threshold,
             num_threads=self.num_threads,
             max_errors=max_errors,
+            failures=failures,
             single=len(stages) == 1,
             validation=contract.InstructionsEvaluator(
                 program,
@@ -239,7 +251,11 @@ class GReaTer(Teleprompter):
                 **evaluator,
             ),
             training=contract.InstructionsEvaluator(
-                program, trainset[: config.num_examples], self.metric, **evaluator
+                program,
+                trainset[: config.num_examples],
+                self.metric,
+                which="training examples",
+                **evaluator,
             ),
             validate_every_step=self.validate_every_step,
             progress=self.progress,
@@ -267,7 +283,7 @@ class GReaTer(Teleprompter):
         plot_scores(folder / "scores.png", results)
         log_summary(results, len(valset))
         for reasoner, since in zip(reasoners, counts, strict=True):
-            note = truncation_note(reasoner, since)
+            note = truncation_note(reasoner, since, _BUDGET_SETTINGS)
             if note:
                 logger.info("GReaTer: %s", note)
         program.greater_run = GReaTerRun(
@@ -281,3 +297,36 @@ class GReaTer(Teleprompter):
             seconds=time.perf_counter() - started,
         )
         return program
+
+
+def _check_lengths(
+    predictor: Any,
+    engines: StageEngines,
+    adapter: ForcedExtractionAdapter,
+    start: str,
+    trainset: list[dspy.Example],
+    valset: list[dspy.Example],
+    config: GreaterConfig,
+) -> None:
+    """Every example fits the task engine's context with the larger reasoning budget: the
+    search's, or the LM's own for the validation calls."""
+    renderer = AdapterRenderer(
+        predictor.signature,
+        engines.gradient_model.tokenizer,  # type: ignore[attr-defined]
+        adapter,
+        demos=list(predictor.demos),
+        constrained=adapter.constrains(engines.lm),
+    )
+    budgets = {"max_reasoning_tokens": config.max_reasoning_tokens}
+    lm_tokens = (getattr(engines.lm, "kwargs", None) or {}).get("max_tokens")
+    if isinstance(lm_tokens, int):
+        budgets["the LM's max_tokens"] = lm_tokens
+    limit = getattr(engines.reasoner, "max_model_len", None)
+    checks.check_lengths(
+        renderer,
+        " ".join(start.split()),
+        {"trainset": trainset, "valset": valset},
+        context_length=getattr(engines.reasoner, "context_length", None),
+        new_tokens=budgets,
+        limit_setting=None if limit is None else "the context: local_lm(..., max_model_len=...)",
+    )

@@ -544,3 +544,22 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_leaves_no_engine_process(tmp_path):
         time.sleep(0.2)
     assert not any(_running(pid) for pid in engine), "vLLM's processes outlived the command"
     assert not (run / "result.json").exists()
+
+
+def test_an_input_too_long_for_the_context_fails_before_any_engine(tmp_path):
+    """A 20,000-word input: named with its tokens, the context and the options that help, in
+    seconds; no engine starts (its start alone takes ~30 s here)."""
+    long = "word " * 20_000
+    rows = [{"input": f"{long}Is {k} even?", "target": "yes" if k % 2 else "no"} for k in range(9)]
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps({"examples": rows}))
+    done = cli(
+        "optimize", "--data", str(data), "--train", "4", "--dev", "4",
+        "--run-dir", str(tmp_path / "run"), "--backend", "vllm", timeout=120,
+    )  # fmt: skip
+    said = done.stderr
+    assert done.returncode == 1, _said(done)
+    assert "Example 0 of the train split is too long for the model's context" in said
+    assert "of the 4,096 the context holds" in said
+    assert "--max-tokens" in said and "--max-model-len" in said
+    assert "Starting the vLLM engine" not in said and "Traceback" not in said

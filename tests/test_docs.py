@@ -107,3 +107,11 @@ def test_commands_in_the_docs_name_real_scripts_and_options():
         assert not unknown, f"{_name(page)}: {' '.join(words[:2])} has no {unknown}"
         checked += 1
     assert checked >= 10
+
+
+def test_the_cli_options_name_every_shipped_task():
+    from dspy_greater import shipped_bbh_tasks
+
+    options = (ROOT / "docs" / "getting-started.md").read_text()
+    missing = [task for task in shipped_bbh_tasks() if f"`{task}`" not in options]
+    assert not missing, f"getting-started.md does not name the shipped tasks {missing}"

@@ -11,7 +11,7 @@ from dspy_greater import models
 from dspy_greater.adapters import hardware
 from dspy_greater.adapters.float32_compute import Float32ComputeLinear, compute_in_float32
 from dspy_greater.adapters.hf_gradient import HFGradientModel
-from dspy_greater.renderers import ChatTemplateRenderer
+from dspy_greater.chat_template import ChatTemplateRenderer
 from dspy_greater.search import PAPER_PROMPT
 
 

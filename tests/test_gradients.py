@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dspy_greater.adapters.hf_gradient import HFGradientModel
-from dspy_greater.renderers import ChatTemplateRenderer
+from dspy_greater.chat_template import ChatTemplateRenderer
 from dspy_greater.search import PAPER_PROMPT, readable_tokens
 
 

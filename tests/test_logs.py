@@ -41,19 +41,49 @@ def test_the_engines_own_lines_stay_off_unless_asked_for():
         "vllm_available()\n"
         "print(os.environ['VLLM_LOGGING_LEVEL'], os.environ.get('TORCH_CPP_LOG_LEVEL'))\n"
     )
-    quiet = subprocess.run(
-        [sys.executable, "-c", code.format(before="")], capture_output=True, text=True, check=True
-    )
-    assert quiet.stdout.split() == ["WARNING", "ERROR"]
+    quiet = _run(code.format(before=""))
+    assert quiet.stdout.split() == ["ERROR", "ERROR"]
     assert "INFO" not in quiet.stdout + quiet.stderr
-    verbose = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code.format(before="dspy_greater.configure_logging(verbose=True)\n"),
-        ],
+    verbose = _run(code.format(before="dspy_greater.configure_logging(verbose=True)\n"))
+    assert verbose.stdout.split() == ["INFO", "WARNING"]
+
+
+SCRIPT = """
+import dspy
+import dspy_greater
+from dspy_greater import ForcedExtractionAdapter, GReaTer
+
+if __name__ == "__main__":
+    dspy.configure(lm=dspy_greater.local_lm(max_tokens=32), adapter=ForcedExtractionAdapter())
+    examples = dspy_greater.load_bbh("causal_judgement")
+    splits = dspy_greater.split(examples, train=4, dev=4, seed=0)
+    program = dspy_greater.bbh_program(examples, "Answer the question.")
+    optimizer = GReaTer(metric=dspy_greater.bbh_metric, auto="light", steps=1)
+    compiled = optimizer.compile(program, trainset=splits.train, valset=splits.dev)
+    print(compiled.greater_run)
+"""
+
+
+def test_the_quick_start_as_a_script_shows_our_lines_and_no_engine_lines(tmp_path):
+    """The quick start's shape on vLLM, one step: the run directory, the chosen prompt and its
+    validation score; none of vLLM's, Triton's, torch's or transformers' lines or bars."""
+    script = tmp_path / "optimize.py"
+    script.write_text(SCRIPT)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "TORCH_CPP"))}
+    done = subprocess.run(
+        [sys.executable, str(script)],
         capture_output=True,
         text=True,
-        check=True,
+        env=environment,
+        cwd=tmp_path,
+        timeout=600,
     )
-    assert verbose.stdout.split() == ["INFO", "WARNING"]
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-3000:]
+    assert "GReaTer run directory:" in done.stderr
+    assert "GReaTer predict (round 0): 'Answer the question.' -> " in done.stderr
+    assert "validation " in done.stderr and "(n=4)" in done.stderr
+    assert done.stdout.startswith("GReaTerRun ("), done.stdout
+    assert "  predict: 'Answer the question.' -> " in done.stdout
+    for noise in ("(EngineCore", "(Worker", "(MainProcess", "Triton", "Warning", "Loading"):
+        assert noise not in said, f"{noise!r} in:\n{said[-3000:]}"

@@ -50,8 +50,8 @@ def test_qwen_engines_agree_generate_answer_and_give_a_gradient(qwen_engines, re
 
     from dspy_greater import ForcedExtractionAdapter
     from dspy_greater.adapters.same_model import check_same_model
+    from dspy_greater.chat_template import ChatTemplateRenderer
     from dspy_greater.lm import local_lm
-    from dspy_greater.renderers import ChatTemplateRenderer
     from dspy_greater.search import PAPER_PROMPT, readable_tokens
 
     reasoner, gradient_model = qwen_engines

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
+from dspy_greater.chat_template import ChatTemplateRenderer
 from dspy_greater.errors import SlotError
-from dspy_greater.renderers import ChatTemplateRenderer
 
 
 class QA:

@@ -9,8 +9,8 @@ import pytest
 
 from dspy_greater.adapters.hf_gradient import HFGradientModel
 from dspy_greater.adapters.hf_reasoner import HFReasoner
+from dspy_greater.chat_template import ChatTemplateRenderer
 from dspy_greater.errors import GreaterError
-from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.rundir import GenerationStore, RunDir, RunDirMismatch
 from dspy_greater.search import run_greater
 from tests.helpers import tiny_config

@@ -11,8 +11,8 @@ import dspy_greater
 from dspy_greater.adapters.hf_gradient import HFGradientModel
 from dspy_greater.adapters.hf_reasoner import HFReasoner
 from dspy_greater.adapters.same_model import ModelMismatch, check_same_model
+from dspy_greater.chat_template import ChatTemplateRenderer
 from dspy_greater.errors import DeviceUnavailable
-from dspy_greater.renderers import ChatTemplateRenderer
 from dspy_greater.search import (
     PAPER_PROMPT,
     GreaterConfig,

@@ -17,7 +17,7 @@ from dspy_greater.adapters.hf_reasoner import HFReasoner
 from dspy_greater.adapters.same_model import ModelMismatch
 from dspy_greater.errors import GreaterError
 from dspy_greater.forced_extraction import ForcedExtractionAdapter
-from dspy_greater.lm import local_lm
+from dspy_greater.lm import local_lm, local_reasoner
 from dspy_greater.search import GreaterConfig
 from tests.helpers import even_questions, tiny_config
 
@@ -280,8 +280,8 @@ def test_a_gradient_model_other_than_the_reasoning_lm_is_refused(tiny_lm, smollm
 @pytest.mark.parametrize(
     "max_errors, message",
     [
-        (2, r"metric raised [34] times.*max_errors=2"),
-        (100, r"raised on all 4 training examples.*KeyError"),  # whatever max_errors says
+        (2, r"metric failed on [34] examples in this run.*max_errors=2"),  # 4 threads
+        (100, r"Every one of the 4 training examples failed.*KeyError"),  # whatever max_errors
     ],
     ids=["past-max-errors", "on-every-example"],
 )
@@ -299,23 +299,49 @@ def test_a_metric_that_keeps_raising_stops_the_run(tiny_lm, tmp_path, max_errors
             )
 
 
-def test_max_errors_counts_per_evaluation(tiny_lm, tmp_path):
-    """A metric that raises on one example of the batch is one error in each scoring (as in
-    dspy.Evaluate), not one more for the whole stage each time."""
+def _raises_on_one(example, prediction, trace=None):
+    if example.question == "Is 1 even?":
+        raise KeyError("gold")
+    return bbh_metric(example, prediction, trace)
 
-    def raises_on_one(example, prediction, trace=None):
-        if example.question == "Is 1 even?":
-            raise KeyError("gold")
-        return bbh_metric(example, prediction, trace)
 
+def test_max_errors_counts_failed_examples_over_the_run(tiny_lm, tmp_path):
+    """An example the metric raises on is one failure however often the search scores it; more
+    failed examples than max_errors stop the run, in whichever evaluation they come."""
     with dspy.context(lm=tiny_lm):
-        compiled = _optimizer(metric=raises_on_one, max_errors=1).compile(
+        compiled = _optimizer(metric=_raises_on_one, max_errors=1).compile(
             dspy.ChainOfThought("question -> answer"),
             trainset=DATA[:6],
             valset=DATA[6:],
             run_dir=tmp_path / "run",
         )
-    assert len(compiled.greater_run.history) == TINY_CONFIG.steps
+        assert len(compiled.greater_run.history) == TINY_CONFIG.steps
+        with pytest.raises(GreaterError, match=r"failed on 1 examples.*max_errors=0.*Is 1 even"):
+            _optimizer(metric=_raises_on_one, max_errors=0).compile(
+                dspy.ChainOfThought("question -> answer"),
+                trainset=DATA[:6],
+                valset=DATA[6:],
+                run_dir=tmp_path / "strict",
+            )
+
+
+def test_a_metric_failing_on_every_validation_example_stops_the_run(tiny_lm, tmp_path):
+    """Validation runs the program itself: if it raises on every example there is no score to
+    choose by, whatever max_errors says."""
+
+    def metric(example, prediction, trace=None):
+        if trace is None and example in DATA[6:]:
+            raise ValueError("no gold for validation")
+        return bbh_metric(example, prediction, trace)
+
+    with dspy.context(lm=tiny_lm):
+        with pytest.raises(GreaterError, match=r"Every one of the 3 validation examples failed"):
+            _optimizer(metric=metric, max_errors=100).compile(
+                dspy.ChainOfThought("question -> answer"),
+                trainset=DATA[:6],
+                valset=DATA[6:],
+                run_dir=tmp_path / "run",
+            )
 
 
 def test_one_predictor_over_two_rounds_reads_as_its_last_round(tiny_lm, tmp_path):
@@ -543,3 +569,23 @@ def test_labels_of_another_type_than_the_field_stop_compile_before_any_engine(mo
     maybe = _examples(["yes", "no", "yes", "maybe", "no", "yes"])
     with pytest.raises(GreaterError, match=r"Example 3 of the trainset has answer='maybe'"):
         GReaTer(metric=metric).compile(closed, trainset=maybe[:4], valset=maybe[4:])
+
+
+def test_an_example_too_long_for_the_context_fails_before_the_search(tiny_lm, tmp_path):
+    """Named with the example, its tokens, the budget that pushed it over and the model's own
+    limit (transformers: no setting raises it), before the search's first generation."""
+    long = dspy.Example(question="word " * 2_500 + "Is 4 even?", answer="yes")
+    valset = [*DATA[6:], long.with_inputs("question")]
+    reasoner = local_reasoner(tiny_lm)
+    before = reasoner.generated_sequences
+    with dspy.context(lm=tiny_lm):
+        with pytest.raises(GreaterError, match=r"Example 3 of the valset is too long") as error:
+            _optimizer().compile(
+                dspy.ChainOfThought("question -> answer"),
+                trainset=DATA[:6],
+                valset=valset,
+                run_dir=tmp_path / "run",
+            )
+    assert "of the 2,048 the context holds" in str(error.value)
+    assert "the context is the model's own limit" in str(error.value)
+    assert reasoner.generated_sequences == before

@@ -45,6 +45,17 @@ def load_task_or_fail(settings: dict[str, Any]) -> Any:
         raise CliError(str(exc)) from exc
 
 
+def check_model(model: str | None) -> str | None:
+    """``--model``, checked to be an embedded model's name or a folder."""
+    if model is not None and model not in EMBEDDED_MODELS and not Path(model).is_dir():
+        raise CliError(
+            f"--model {model}: no such folder. Give a Hugging Face model folder "
+            "(config.json, weights, tokenizer), the name of an embedded model "
+            f"({', '.join(EMBEDDED_MODELS)}), or leave it out for {DEFAULT_MODEL}."
+        )
+    return model
+
+
 def configured_lm(settings: dict[str, Any]) -> tuple[Any, Any]:
     """The task LM on the local model, with the forced-extraction adapter configured, and its
     reasoner (it counts every generation: DSPy's calls and GReaTer's search)."""
@@ -55,22 +66,68 @@ def configured_lm(settings: dict[str, Any]) -> tuple[Any, Any]:
     from ..lm import local_lm, local_reasoner
 
     resolve_device(settings["device"])
-    model = settings["model"]
-    if model is not None and model not in EMBEDDED_MODELS and not Path(model).is_dir():
-        raise CliError(
-            f"--model {model}: no such folder. Give a Hugging Face model folder "
-            "(config.json, weights, tokenizer), the name of an embedded model "
-            f"({', '.join(EMBEDDED_MODELS)}), or leave it out for {DEFAULT_MODEL}."
-        )
+    model = check_model(settings["model"])
     lm = local_lm(
         model,
         backend=settings["backend"],
         dtype=settings["dtype"],
         max_tokens=settings["max_tokens"],
+        max_model_len=settings.get("max_model_len"),
         cache=not settings["no_cache"],
     )
     dspy.configure(lm=lm, adapter=ForcedExtractionAdapter(instructions=settings["placement"]))
     return lm, local_reasoner(lm)
+
+
+def check_before_engines(
+    program: Any,
+    metric: Any,
+    splits: dict[str, list[Any]],
+    settings: dict[str, Any],
+    reasoning_tokens: dict[str, int],
+) -> None:
+    """The checks `GReaTer.compile` makes, made before any engine starts (a second, not the
+    engine's minute): the labels against the answer field's type, the metric on a made-up
+    prediction, and every example's length against the engine's context with the largest of
+    ``reasoning_tokens`` (``{option: tokens}``)."""
+    from transformers import AutoTokenizer
+
+    from ..adapters import engine_context_length
+    from ..checks import check_labels, check_lengths, check_metric, made_up_outputs
+    from ..errors import GreaterError
+    from ..forced_extraction import ForcedExtractionAdapter
+    from ..models import resolve_model
+    from ..renderers import AdapterRenderer, reasoning_and_answer
+
+    [(_, predictor)] = program.named_predictors()  # the CLI's programs are one ChainOfThought
+    signature = predictor.signature
+    _, answer = reasoning_and_answer(signature)
+    examples = [example for split in splits.values() for example in split]
+    try:
+        for which, split in splits.items():
+            check_labels(
+                split, f"{which} split", answer, signature.output_fields[answer].annotation
+            )
+        check_metric(metric, examples[0], made_up_outputs(examples[0], signature))
+        folder = resolve_model(check_model(settings["model"]))
+        context, limit = engine_context_length(
+            folder, backend=settings["backend"], max_model_len=settings.get("max_model_len")
+        )
+        check_lengths(
+            AdapterRenderer(
+                signature,
+                AutoTokenizer.from_pretrained(folder),
+                ForcedExtractionAdapter(instructions=settings["placement"]),
+                demos=list(predictor.demos),
+            ),
+            " ".join(signature.instructions.split()),
+            {f"{which} split": split for which, split in splits.items()},
+            context_length=context,
+            new_tokens=reasoning_tokens,
+            limit_setting="--max-model-len" if limit == "max_model_len" else None,
+        )
+    except GreaterError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def note_truncation(reasoner: Any, since: tuple[int, int]) -> None:

@@ -15,6 +15,7 @@ from ..search import GreaterConfig
 from .common import (
     DEFAULT_PLACEMENT,
     CliError,
+    check_before_engines,
     configured_lm,
     load_task_or_fail,
     note_truncation,
@@ -60,6 +61,7 @@ def evaluate(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens or stored.get("max_tokens", DEFAULT_MAX_TOKENS),
         no_cache=args.no_cache,
         placement=args.placement or stored.get("placement", DEFAULT_PLACEMENT),
+        max_model_len=args.max_model_len or run.get("max_model_len"),
     )
     model_name = Path(model).name if model else "embedded"
     out = args.out or path.parent / f"evaluate-{args.split}-{model_name}.json"
@@ -71,6 +73,13 @@ def evaluate(args: argparse.Namespace) -> int:
     if not examples:
         raise CliError(f"The {args.split} split of {task.name} is empty with these sizes.")
     program = _load_program(path, task)  # before the engine: a bad file fails in a second
+    check_before_engines(
+        program,
+        task.metric,
+        {args.split: examples},
+        settings,
+        {"--max-tokens": settings["max_tokens"]},
+    )
     _, reasoner = configured_lm(settings)
     from ..stats import majority_class_rate, scores, standard_error
 

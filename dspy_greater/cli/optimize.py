@@ -15,6 +15,7 @@ from ..search import GreaterConfig
 from .common import (
     DEFAULT_PLACEMENT,
     CliError,
+    check_before_engines,
     configured_lm,
     load_task_or_fail,
     note_truncation,
@@ -60,6 +61,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             GreaterConfig.budget(args.budget, **settings["search"])
         except ValueError as exc:
             raise CliError(f"--search: {exc}") from None
+    if args.max_model_len:  # only where set: runs from before the option resume unchanged
+        settings["max_model_len"] = args.max_model_len
     settings["demos"] = settings["demos"] or 0
     # the budget's reasoning tokens, as GReaTer(auto=...) uses them
     budget = GreaterConfig.budget(args.budget)
@@ -80,6 +83,14 @@ def optimize(args: argparse.Namespace) -> int:
         print(f"{folder} is finished; its result:")
         print((folder / "result.json").read_text())
         return 0
+    budgets = {"--max-tokens": settings["max_tokens"]}
+    if args.optimizer == "greater":
+        search = GreaterConfig.budget(args.budget, **settings["search"])
+        budgets["the search's max_reasoning_tokens"] = search.max_reasoning_tokens
+    splits = {"train": task.splits.train, "dev": task.splits.dev}
+    check_before_engines(
+        task.program(settings["instructions"]), task.metric, splits, settings, budgets
+    )
     lm, reasoner = configured_lm(settings)
     counts = generation_counts(reasoner)
     logger.info("%s: %s", task.name, task.protocol)
@@ -90,6 +101,8 @@ def optimize(args: argparse.Namespace) -> int:
     with Spending(folder, reasoner, carried) as spending:
         compiled, history = OPTIMIZERS[args.optimizer](setup)
         seconds, generations = spending.totals()
+    if args.optimizer == "greater":  # GReaTer said how many of its generations were cut
+        counts = generation_counts(reasoner)
     compiled.save(str(folder / "program.json"))
     write_json_atomically(folder / "history.json", _jsonable(history))
     from ..stats import accuracy

@@ -198,6 +198,13 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
         default=None,
         help="reasoning tokens per call (default: the budget's; evaluate: the run's)",
     )
+    parser.add_argument(
+        "--max-model-len",
+        type=_positive,
+        default=None,
+        help="vLLM's context, prompt and new tokens together (default 4096; up to the model's "
+        "own limit): raise it for long inputs",
+    )
     parser.add_argument("--threads", type=_positive, default=16, help="parallel program calls")
     parser.add_argument(
         "--no-cache",
