@@ -179,7 +179,8 @@ class InstructionsEvaluator:
         self.lm, self.adapter = lm, adapter
         self.num_threads, self.failures, self.which = num_threads, failures, which
         self.cache_file, self.progress = cache_file, progress
-        self.scores: dict[str, float] = (
+        # per question, in the examples' order (a mean alone in runs from before 0.3)
+        self.scores: dict[str, list[float] | float] = (
             json.loads(cache_file.read_text())
             if cache_file is not None and cache_file.exists()
             else {}
@@ -219,9 +220,15 @@ class InstructionsEvaluator:
         finally:
             if bar is not None:
                 bar.close()
-        return {text: self.scores[self._key(predictor, text)] for text in texts}
+        return {text: _mean(self.scores[self._key(predictor, text)]) for text in texts}
 
-    def _score(self, predictor: str, instructions: str, bar: Any) -> float:
+    def per_question(self, predictor: str, text: str) -> list[float] | None:
+        """Each example's score with ``text`` (scored before), or None where only the mean was
+        kept (a run directory from before per-question scores)."""
+        scores = self.scores[self._key(predictor, text)]
+        return scores if isinstance(scores, list) else None
+
+    def _score(self, predictor: str, instructions: str, bar: Any) -> list[float]:
         from dspy.utils.parallelizer import ParallelExecutor
 
         candidate = self.program.deepcopy()
@@ -270,10 +277,14 @@ class InstructionsEvaluator:
                 raise
         if len(failed) >= len(self.examples):
             raise Failures.all_failed(len(self.examples), self.which, failed[0])
-        return sum(scores) / len(self.examples)
+        return [float(score) for score in scores]
 
 
 _NEVER = 7 * 24 * 3600  # seconds
+
+
+def _mean(scores: list[float] | float) -> float:
+    return sum(scores) / len(scores) if isinstance(scores, list) else float(scores)
 
 
 def _prompt_nll(

@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .search import GreaterResult, StepRecord
-from .stats import standard_error
+from .stats import PairedChange, standard_error
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,18 @@ class StageRun:
     search: GreaterResult | None = None
     skipped: str | None = None  # why this stage was not optimized
     model: str | None = None  # the folder of the model it reasoned and took gradients on
+    # the chosen instructions' paired change over the start on the validation questions (None
+    # where the start was chosen outright); kept_start: it was too small, the start stayed
+    evidence: PairedChange | None = None
+    kept_start: bool = False
+
+    @property
+    def evidence_note(self) -> str:
+        """Which way the evidence went, in words ("" where there was none to weigh)."""
+        if self.evidence is None:
+            return ""
+        verdict = "kept the start: not enough evidence" if self.kept_start else "paired change"
+        return f"{verdict} ({self.evidence}, n={self.evidence.n})"
 
     @property
     def history(self) -> list[StepRecord]:
@@ -74,6 +86,8 @@ class GReaTerRun:
                     f"(n={self.validation_size}), {len(stage.history)} "
                     + ("step" if len(stage.history) == 1 else "steps")
                 )
+                if stage.evidence_note:
+                    lines.append(f"    {stage.evidence_note}")
         if self.seconds is not None:
             lines.append(f"  {self.seconds:.0f} s")
         return "\n".join(lines)
@@ -120,6 +134,8 @@ def stage_json(stage: StageRun) -> dict[str, Any]:
         "examples": stage.examples,
         "skipped": stage.skipped,
         "model": stage.model,
+        "evidence": None if stage.evidence is None else asdict(stage.evidence),
+        "kept_start": stage.kept_start,
     }
 
 
@@ -129,7 +145,7 @@ def log_summary(stages: list[StageRun], validation_size: int) -> None:
         start = stage.validation.get(stage.start_instructions)
         best = stage.validation.get(stage.instructions)
         logger.info(
-            "GReaTer %s (round %d): %r -> %r; validation %s -> %s (n=%d)",
+            "GReaTer %s (round %d): %r -> %r; validation %s -> %s (n=%d)%s",
             stage.predictor,
             stage.round,
             stage.start_instructions,
@@ -137,6 +153,7 @@ def log_summary(stages: list[StageRun], validation_size: int) -> None:
             _with_error(start, validation_size),
             _with_error(best, validation_size),
             validation_size,
+            f"; {stage.evidence_note}" if stage.evidence_note else "",
         )
 
 

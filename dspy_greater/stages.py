@@ -21,6 +21,7 @@ from .report import StageRun, stage_json
 from .rundir import RunDir, write_json_atomically
 from .search import GreaterConfig, Scorer, StepRecord, run_greater
 from .stage_engines import StageEngines
+from .stats import PairedChange, clears, paired_change
 from .targets import stage_targets, trace_program
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class CompileRun:
     metric: Callable[..., Any]
     metric_threshold: float | None
     num_threads: int
+    min_evidence: float  # paired SEs of validation gain a change of instructions needs
     max_errors: int  # failed program runs tolerated in tracing a pipeline's targets
     failures: Failures  # failed examples over the run, against max_errors
     single: bool  # a one-predictor program: its targets are the trainset's labels
@@ -159,6 +161,7 @@ def optimize_stage(
     finally:
         stage_dir.close()
     best = max(candidates, key=lambda text: (validation[text], -candidates.index(text)))
+    best, evidence = _with_evidence(run, name, original, best)
     predictor.signature = signature.with_instructions(best)
     per_step = [  # from the cache, on resume too; else where the final choice validated it
         run.validation(name, r.prompt_after)
@@ -178,9 +181,39 @@ def optimize_stage(
         len(examples),
         result,
         model=engines.model_folder,
+        evidence=evidence,
+        kept_start=best == original and evidence is not None,
     )
     stage_dir.save_result(stage_json(stage))
     return stage
+
+
+def _with_evidence(
+    run: CompileRun, name: str, original: str, best: str
+) -> tuple[str, PairedChange | None]:
+    """The evidence guard: ``best`` replaces ``original`` only where its paired gain over it on
+    the validation questions is ``run.min_evidence`` paired standard errors or more; else the
+    start stays. Returns the choice and the paired change (None where ``best`` is the start, or
+    where only mean scores are known: a run directory from before per-question scores)."""
+    if best == original:
+        return best, None
+    before = run.validation.per_question(name, original)
+    after = run.validation.per_question(name, best)
+    if before is None or after is None:
+        return best, None
+    change = paired_change(before, after)
+    if clears(change, run.min_evidence):
+        return best, change
+    logger.info(
+        "%s: kept the start, not enough evidence for %r: %s on %d validation questions "
+        "(min_evidence=%g paired SE).",
+        name,
+        best,
+        change,
+        change.n,
+        run.min_evidence,
+    )
+    return original, change
 
 
 def _targets(

@@ -124,6 +124,12 @@ class PairedChange:
         )
 
 
+def clears(change: PairedChange, min_evidence: float) -> bool:
+    """Whether ``change`` is evidence enough to replace a start: a gain of at least
+    ``min_evidence`` standard errors (GReaTer's ``min_evidence``; 0: any gain)."""
+    return change.difference > 0 and change.difference >= min_evidence * change.standard_error
+
+
 def paired_change(before: Sequence[float], after: Sequence[float]) -> PairedChange:
     """Compare two programs' scores (as `scores` returns them) question by question."""
     if len(before) != len(after) or not before:

@@ -69,6 +69,11 @@ class GReaTer(Teleprompter):
         rounds: How many times every predictor is optimized in turn.
         metric_threshold: A pipeline's runs pass at ``score >= metric_threshold`` (default: a
             truthy score), as in DSPy's bootstrapping.
+        min_evidence: The evidence guard: the chosen instructions replace the start only where
+            their paired gain over it on the valset's questions is at least this many paired
+            standard errors (default 1; 0: any gain). Else the start stays, and the report
+            says "kept the start: not enough evidence". Few validation questions rarely clear
+            it: that is the point.
         run_dir: Keeps the run, to resume it (default: a new temporary folder).
         num_threads: Parallel program calls.
         max_errors: Examples on which the program or the metric may raise over the whole run,
@@ -102,6 +107,7 @@ class GReaTer(Teleprompter):
         predictor: str | None = None,
         rounds: int = 1,
         metric_threshold: float | None = None,
+        min_evidence: float = 1.0,
         run_dir: str | os.PathLike[str] | None = None,
         num_threads: int = 16,
         max_errors: int | None = None,
@@ -120,6 +126,10 @@ class GReaTer(Teleprompter):
             )
         if auto is not None and auto not in BUDGETS:
             raise ValueError(f"auto must be one of {list(BUDGETS)} or None, got {auto!r}.")
+        if min_evidence < 0:
+            raise ValueError(
+                f"min_evidence must be >= 0 (paired standard errors), got {min_evidence}."
+            )
         if rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {rounds}.")
         self.metric, self.auto, self.steps, self.config = metric, auto, steps, config
@@ -127,6 +137,7 @@ class GReaTer(Teleprompter):
         self.gradient_model, self.task_lm, self.adapter = gradient_model, task_lm, adapter
         self.initial_instructions, self.predictor = initial_instructions, predictor
         self.rounds, self.metric_threshold = rounds, metric_threshold
+        self.min_evidence = min_evidence
         self.run_dir, self.num_threads, self.max_errors = run_dir, num_threads, max_errors
         self.dtype, self.device = dtype, device
         self.validate_every_step, self.progress = validate_every_step, progress
@@ -238,6 +249,7 @@ class GReaTer(Teleprompter):
             resume=resume,
             metric=self.metric,
             metric_threshold=self.metric_threshold,
+            min_evidence=self.min_evidence,
             num_threads=self.num_threads,
             max_errors=max_errors,
             failures=failures,

@@ -199,7 +199,10 @@ def test_a_real_compile_saves_loads_and_reproduces_its_validation_score(smol_lm,
     run = compiled.greater_run
     assert run.start_instructions == "Given the fields `question`, produce the fields `answer`."
     assert {r.prompt_after for r in run.history} - {run.start_instructions}  # it moved
-    assert run.validation[run.instructions] == max(run.validation.values())
+    stage = run.only_stage  # the validation-best, unless the evidence guard kept the start
+    assert run.validation[run.instructions] == max(run.validation.values()) or (
+        stage.kept_start and run.instructions == run.start_instructions
+    )
     compiled.save(tmp_path / "program.json")
     loaded = dspy.ChainOfThought("question -> answer")
     loaded.load(tmp_path / "program.json")
@@ -589,3 +592,59 @@ def test_an_example_too_long_for_the_context_fails_before_the_search(tiny_lm, tm
     assert "of the 2,048 the context holds" in str(error.value)
     assert "the context is the model's own limit" in str(error.value)
     assert reasoner.generated_sequences == before
+
+
+def test_the_evidence_guard_weighs_the_paired_gain_on_the_validation_questions():
+    """The start stays unless the chosen prompt's paired gain over it clears min_evidence
+    paired SEs: two questions turned right and one wrong of eight is not enough at 1 SE; four
+    turned right, none wrong, is."""
+    from types import SimpleNamespace
+
+    from dspy_greater.stages import _with_evidence
+
+    scores = {
+        "start": [1, 0, 0, 0, 1, 0, 0, 1],
+        "mixed": [1, 1, 1, 0, 1, 0, 0, 0],  # +2 -1: +0.125 ± 0.21
+        "clear": [1, 1, 1, 1, 1, 1, 0, 1],  # +4
+    }
+    validation = SimpleNamespace(per_question=lambda predictor, text: scores[text])
+
+    def choose(best, min_evidence=1.0):
+        run = SimpleNamespace(validation=validation, min_evidence=min_evidence)
+        return _with_evidence(run, "predict", "start", best)
+
+    chosen, change = choose("mixed")
+    assert chosen == "start" and (change.gained, change.lost) == (2, 1)
+    assert choose("mixed", min_evidence=0.0)[0] == "mixed"  # 0: any gain
+    chosen, change = choose("clear")
+    assert chosen == "clear" and change.difference == 0.5
+    assert choose("clear", min_evidence=10.0)[0] == "start"
+    assert choose("start") == ("start", None)
+
+
+def test_compile_records_per_question_validation_scores_and_the_evidence(tiny_lm, tmp_path):
+    with dspy.context(lm=tiny_lm):
+        for min_evidence in (0.0, 100.0):
+            folder = tmp_path / f"run-{min_evidence}"
+            run = (
+                _optimizer(min_evidence=min_evidence)
+                .compile(
+                    dspy.ChainOfThought("question -> answer"),
+                    trainset=DATA[:6],
+                    valset=DATA[6:],
+                    run_dir=folder,
+                )
+                .greater_run
+            )
+            stored = json.loads((folder / "validation.json").read_text())
+            assert all(len(scores) == 3 and set(scores) <= {0.0, 1.0} for scores in stored.values())
+            stage = run.only_stage
+            best_mean = max(stage.validation.values())
+            if min_evidence == 100.0:  # nothing clears 100 SE: the start stays
+                assert stage.instructions == stage.start_instructions
+                beaten = best_mean > stage.validation[stage.start_instructions]
+                assert stage.kept_start is beaten and (stage.evidence is not None) is beaten
+                if beaten:
+                    assert "kept the start: not enough evidence" in str(run)
+            elif stage.instructions != stage.start_instructions:
+                assert stage.evidence.difference > 0 and "paired change" in str(run)
