@@ -57,6 +57,8 @@ BUDGETS = {  # per optimizer; see docs/results.md for what each costs on the 1.5
 }
 # the instruction DSPy gives a signature that has none
 DSPY_DEFAULT = "Given the fields `question`, produce the fields `answer`."
+# a person's short instruction (benchmarks/studies/prompt_room.py's probe "brief")
+BRIEF = "Think step by step, but briefly: at most five short sentences. Then give the answer."
 # Issue 20's "why" rows, each its own column, run only when named in --optimizers: an optimizer
 # (here GReaTer, or the start) with settings that are not the table's. Later options win, so
 # --train here overrides.
@@ -92,6 +94,13 @@ VARIANTS = {
     # model's own right answers on the train split (prompt_room.py's start+bootstrap-4)
     "greater-bootstrap": ("greater", [*BUDGETS["greater"], "--demos", "4"]),
     "none-bootstrap": ("none", ["--demos", "4"]),
+    # the room question (with --max-tokens 256 for every cell): the light search at that budget
+    # too, and the fixed probe "brief" that marks the room beside DSPy's default instruction
+    "greater-light-256": (
+        "greater",
+        [*BUDGETS["greater"], "--search", "max_reasoning_tokens=256"],
+    ),
+    "none-brief": ("none", ["--instructions", BRIEF]),
 }
 OPTIONS = {**BUDGETS, **{name: options for name, (_, options) in VARIANTS.items()}}
 NAMES = {
@@ -113,6 +122,8 @@ NAMES = {
     # boolean_expressions' first GReaTer cell, run before the constrained-answer loss fix
     "greater-old-loss": "GReaTer before the answer-loss fix",
     "none-bootstrap": "the start with bootstrapped demos",
+    "greater-light-256": "GReaTer light, 256 search tokens",
+    "none-brief": "the probe brief",
 }
 
 

@@ -250,9 +250,10 @@ def load_task(
     """The task at ``data`` (path or name, see the module docstring) with seeded splits.
 
     ``train`` and ``dev`` no larger than the protocol's take the first examples of its splits,
-    so the test split stays the protocol's whatever budget a run uses; larger ones cut the
-    shuffled pool again (BBH: the test split is then what is left). ``test`` keeps the first
-    ``test`` test examples.
+    so the test split stays the protocol's whatever budget a run uses; larger ones (BBH: or a
+    ``test`` larger than the protocol's) cut the shuffled pool again (BBH: the test split is
+    then what is left, e.g. 24 / 76 / 150 of 250). ``test`` keeps the first ``test`` test
+    examples.
     """
     data = str(data)
     kind = _kind(data)
@@ -266,7 +267,8 @@ def load_task(
         )
         full_train, full_dev = _bbh_sizes(len(examples))
         train, dev = train or full_train, full_dev if dev is None else dev
-        if train <= full_train and dev <= full_dev:
+        full_test = len(examples) - full_train - full_dev
+        if train <= full_train and dev <= full_dev and (test is None or test <= full_test):
             splits = split(examples, train=full_train, dev=full_dev, seed=seed)
             splits = Splits(splits.train[:train], splits.dev[:dev], splits.test)
         else:

@@ -40,6 +40,14 @@ def test_every_bbh_file_loads_with_the_protocol_splits(shared_bbh):
     assert len(bigger.splits.train) == 80 and len(bigger.splits.test) == 70
     cut = loaders.load_task(shared_bbh / "temporal_sequences.json", dev=24, test=30, seed=1)
     assert cut.protocol.endswith("uses 50 / 24 / 30")  # the sizes after the test cut
+    # a test split larger than the protocol's (100 of 250) cuts the pool again: disjoint, seeded
+    wide = loaders.load_task(shared_bbh / "temporal_sequences.json", train=24, dev=76, test=150)
+    parts = (wide.splits.train, wide.splits.dev, wide.splits.test)
+    assert [len(part) for part in parts] == [24, 76, 150]
+    questions = [example.question for part in parts for example in part]
+    assert len(set(questions)) == 250
+    again = loaders.load_task(shared_bbh / "temporal_sequences.json", train=24, dev=76, test=150)
+    assert again.splits.test == wide.splits.test
 
 
 def test_gsm8k_loads_numbers_and_the_test_file(shared_data):
