@@ -51,9 +51,8 @@ def engine_context_length(
     from .hf_loading import model_context_length
     from .vllm_engine import DEFAULT_MAX_MODEL_LEN, vllm_available
 
-    own = model_context_length(model)
     if backend == "auto":
         backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm":
         return max_model_len or DEFAULT_MAX_MODEL_LEN, "max_model_len"
-    return own, "the model"
+    return model_context_length(model), "the model"

@@ -234,26 +234,29 @@ def _kill(processes: set[Any]) -> None:
 DEFAULT_MAX_MODEL_LEN = 4096
 
 
-def quiet_engine_by_default() -> bool:
+def engine_is_quiet() -> bool:
+    """Whether vLLM's own lines are off: its level (``VLLM_LOGGING_LEVEL``) is ERROR or above."""
+    return os.environ.get("VLLM_LOGGING_LEVEL", "").upper() in ("ERROR", "CRITICAL")
+
+
+def quiet_engine_by_default() -> None:
     """Keep vLLM's own lines (its settings' notices, Triton's, the loading bars, torch's C++
     and FutureWarning notices in its workers) off unless the user asked for them:
     ``VLLM_LOGGING_LEVEL`` set by the user, or ``dspy_greater.configure_logging(verbose=True)``
-    before the first engine. True where they are off. Errors still show."""
+    before the first engine. Errors still show."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # NUMA binding notices
-    quiet = os.environ["VLLM_LOGGING_LEVEL"].upper() in ("ERROR", "CRITICAL")
-    if quiet:
+    if engine_is_quiet():
         os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # the workers'
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
         quiet_import_notices()
-    return quiet
 
 
 def quiet_import_notices() -> None:
     """vLLM logs a notice on import, before its logging is configured (so no level applies):
     Triton's missing CPU backend. Off where vLLM's level is ERROR; called on import of
     dspy_greater too, which vLLM's worker processes re-import (spawn) before vLLM."""
-    if os.environ.get("VLLM_LOGGING_LEVEL", "").upper() in ("ERROR", "CRITICAL"):
+    if engine_is_quiet():
         logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
 
 
@@ -358,7 +361,7 @@ class VLLMReasoner(TemplateChat):
                 seed=seed,
                 enable_prefix_caching=True,
                 disable_log_stats=not log_stats,
-                **{"use_tqdm_on_load": not quiet_engine_by_default(), **engine_kwargs},
+                **{"use_tqdm_on_load": not engine_is_quiet(), **engine_kwargs},
             )
             _ENGINES[key] = _SharedEngine(llm)
         self._key = key

@@ -101,7 +101,12 @@ VARIANTS = {
         [*BUDGETS["greater"], "--search", "max_reasoning_tokens=256"],
     ),
     "none-brief": ("none", ["--instructions", BRIEF]),
+    # GEPA at GReaTer medium's cost on the same task: its --metric-calls are set when the cell
+    # runs, from greater-medium's row (`matched_options`)
+    "gepa-matched": ("gepa", []),
 }
+# a GEPA metric call runs the program once: two generations (the reasoning, the forced answer)
+GENERATIONS_PER_METRIC_CALL = 2
 OPTIONS = {**BUDGETS, **{name: options for name, (_, options) in VARIANTS.items()}}
 NAMES = {
     "none": "start",
@@ -124,6 +129,7 @@ NAMES = {
     "none-bootstrap": "the start with bootstrapped demos",
     "greater-light-256": "GReaTer light, 256 search tokens",
     "none-brief": "the probe brief",
+    "gepa-matched": "GEPA at GReaTer medium's generations",
 }
 
 
@@ -133,7 +139,21 @@ def data_path(task: str) -> str:
     return str(path) if path.exists() else task
 
 
-def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, Any] | None:
+def matched_options(task: str, optimizer: str, rows: list[dict[str, Any]]) -> list[str] | None:
+    """A cell's options; for ``gepa-matched``, GEPA's metric calls from GReaTer medium's
+    generations on ``task`` (None until that cell has run)."""
+    if optimizer != "gepa-matched":
+        return OPTIONS[optimizer]
+    medium = [r for r in rows if r["task"] == task and r["optimizer"] == "greater-medium"]
+    if not medium:
+        return None
+    calls = max(1, round(medium[0]["generations"] / GENERATIONS_PER_METRIC_CALL))
+    return ["--metric-calls", str(calls)]
+
+
+def run_cell(
+    task: str, optimizer: str, options: list[str], args: argparse.Namespace
+) -> dict[str, Any] | None:
     folder = Path(args.run_root) / task / optimizer
     # the engine each cell optimizes and is scored with (the same dtype for both)
     model = ["--model", args.model] if args.model else []
@@ -146,7 +166,7 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, A
     if not (folder / "result.json").exists():
         resume = ["--resume"] if folder.exists() else []
         name = VARIANTS[optimizer][0] if optimizer in VARIANTS else optimizer
-        optimize = ["optimize", *common, "--optimizer", name, *OPTIONS[optimizer]]
+        optimize = ["optimize", *common, "--optimizer", name, *options]
         code = cli.main([*optimize, "--run-dir", str(folder), "--no-cache", *resume])
         if code in (cli.EXIT_INTERRUPTED, cli.EXIT_TERMINATED):
             # stopped, and its engine with it: a next cell would score every question as failed
@@ -167,7 +187,7 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, A
     return {
         "task": task,
         "optimizer": optimizer,
-        "budget": OPTIONS[optimizer],
+        "budget": options,
         "settings": {k: settings.get(k) for k in ("model", "dtype", "train", "dev", "test")}
         | {"threads": args.threads},
         "protocol": result["protocol"],
@@ -182,10 +202,21 @@ def run_cell(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, A
         "dev_start": result.get("dev_start"),
         "dev_result": result.get("dev_result"),
         "instructions": result["instructions"],
+        "evidence": _evidence(folder),
         "commit": args.commit,
         "cpu": _cpu(),
         "date": datetime.date.today().isoformat(),
     }
+
+
+def _evidence(folder: Path) -> dict[str, Any] | None:
+    """GReaTer's evidence guard in a cell's run: the paired validation change of its choice
+    over the start, and whether the start stayed (None for other optimizers)."""
+    run = folder / "greater" / "run.json"
+    if not run.exists():
+        return None
+    [stage] = json.loads(run.read_text())["result"]["stages"]
+    return {"change": stage["evidence"], "kept_start": stage["kept_start"]}
 
 
 def _cpu() -> str:
@@ -359,7 +390,11 @@ def main() -> None:
         for optimizer in optimizers:
             if (task, optimizer) in done:
                 continue
-            row = run_cell(task, optimizer, args)
+            options = matched_options(task, optimizer, rows)
+            if options is None:
+                logging.error("%s/%s: runs after %s/greater-medium", task, optimizer, task)
+                continue
+            row = run_cell(task, optimizer, options, args)
             if row is not None:
                 rows.append(row)
                 logging.info("done: %s/%s test %.3f", task, optimizer, row["test"])

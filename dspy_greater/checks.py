@@ -13,6 +13,7 @@ from typing import Any, Literal
 import dspy
 
 from .errors import ContextTooLong, GreaterError
+from .forced_extraction import ForcedExtractionAdapter
 from .program import metric_value
 from .renderers import AdapterRenderer
 
@@ -117,22 +118,51 @@ def _is_instance(value: Any, annotation: type) -> bool:
     return isinstance(value, annotation)
 
 
+def check_labels_and_metric(
+    metric: Callable[..., Any],
+    splits: Mapping[str, Sequence[dspy.Example]],
+    signature: Any | None,
+    label: str | None,
+) -> None:
+    """The checks made before any engine starts: each split's labels against the ``label``
+    field's type (a single predictor's; None for a pipeline, whose examples are checked as the
+    program runs), then the metric on a prediction made of the first example's own labels."""
+    if label is not None and signature is not None:
+        annotation = signature.output_fields[label].annotation
+        for which, examples in splits.items():
+            check_labels(examples, which, label, annotation)
+    first = next(iter(splits.values()))[0]
+    check_metric(metric, first, made_up_outputs(first, signature))
+
+
 def check_lengths(
-    renderer: AdapterRenderer,
+    predictor: Any,
+    tokenizer: Any,
+    adapter: ForcedExtractionAdapter,
     prompt: str,
     splits: Mapping[str, Sequence[dspy.Example]],
     *,
     context_length: int | None,
     new_tokens: Mapping[str, int],
     limit_setting: str | None,
+    constrained: bool = True,
 ) -> None:
-    """Each example, rendered with ``prompt`` as the model sees it (the answer included), fits
-    ``context_length`` with the largest budget of ``new_tokens`` (``{setting: tokens}``, e.g.
-    the search's ``max_reasoning_tokens``); a `ContextTooLong` that names the example, its
-    tokens, the limit and ``limit_setting`` (what raises the limit; None where it is the
-    model's own) otherwise. Nothing to check where the context is unknown (a server's)."""
+    """Each example, rendered with ``prompt`` as ``adapter`` sends it to ``predictor``'s model
+    (its demos and the answer included), fits ``context_length`` with the largest budget of
+    ``new_tokens`` (``{setting: tokens}``, e.g. the search's ``max_reasoning_tokens``); a
+    `ContextTooLong` that names the example, its tokens, the limit and ``limit_setting`` (what
+    raises the limit; None where it is the model's own) otherwise. Nothing to check where the
+    context is unknown (a server's)."""
     if context_length is None:
         return
+    renderer = AdapterRenderer(
+        predictor.signature,
+        tokenizer,
+        adapter,
+        demos=list(predictor.demos),
+        constrained=constrained,
+    )
+    prompt = " ".join(prompt.split())
     setting, budget = max(new_tokens.items(), key=lambda item: item[1])
     for which, examples in splits.items():
         for i, example in enumerate(examples):

@@ -25,7 +25,6 @@ from .forced_extraction import ForcedExtractionAdapter
 from .identity import examples_digest, metric_identity
 from .lm import cancel_local_calls
 from .logs import generation_counts, truncation_note
-from .renderers import AdapterRenderer
 from .report import GReaTerRun, StageRun, log_summary, plot_scores, stage_json
 from .rundir import RunDir
 from .search import BUDGETS, Budget, GreaterConfig, StepRecord
@@ -192,13 +191,8 @@ class GReaTer(Teleprompter):
         else:
             valset = contract.checked_examples("valset", valset, inputs, label)
         # The user's metric and labels, checked before any engine starts.
-        if label is not None:
-            annotation = signature.output_fields[label].annotation
-            checks.check_labels(trainset, "trainset", label, annotation)
-            checks.check_labels(valset, "valset", label, annotation)
-        checks.check_metric(
-            self.metric, trainset[0], checks.made_up_outputs(trainset[0], signature)
-        )
+        splits = {"trainset": trainset, "valset": valset}
+        checks.check_labels_and_metric(self.metric, splits, signature, label)
 
         adapter = self.adapter or configured_adapter()
         engines = stage_engines(
@@ -211,9 +205,7 @@ class GReaTer(Teleprompter):
         )
         if len(stages) == 1:  # a pipeline stage's inputs are known only once the program runs
             [(name, predictor)] = stages
-            _check_lengths(
-                predictor, engines[name], adapter, starts[name], trainset, valset, config
-            )
+            _check_lengths(predictor, engines[name], adapter, starts[name], splits, config)
         reasoners = list({id(e.reasoner): e.reasoner for e in engines.values()}.values())
         counts = [generation_counts(reasoner) for reasoner in reasoners]
         models = {name: e.model_folder for name, e in engines.items()}
@@ -316,29 +308,24 @@ def _check_lengths(
     engines: StageEngines,
     adapter: ForcedExtractionAdapter,
     start: str,
-    trainset: list[dspy.Example],
-    valset: list[dspy.Example],
+    splits: dict[str, list[dspy.Example]],
     config: GreaterConfig,
 ) -> None:
     """Every example fits the task engine's context with the larger reasoning budget: the
     search's, or the LM's own for the validation calls."""
-    renderer = AdapterRenderer(
-        predictor.signature,
-        engines.gradient_model.tokenizer,  # type: ignore[attr-defined]
-        adapter,
-        demos=list(predictor.demos),
-        constrained=adapter.constrains(engines.lm),
-    )
     budgets = {"max_reasoning_tokens": config.max_reasoning_tokens}
     lm_tokens = (getattr(engines.lm, "kwargs", None) or {}).get("max_tokens")
     if isinstance(lm_tokens, int):
         budgets["the LM's max_tokens"] = lm_tokens
     limit = getattr(engines.reasoner, "max_model_len", None)
     checks.check_lengths(
-        renderer,
-        " ".join(start.split()),
-        {"trainset": trainset, "valset": valset},
+        predictor,
+        engines.gradient_model.tokenizer,  # type: ignore[attr-defined]
+        adapter,
+        start,
+        splits,
         context_length=getattr(engines.reasoner, "context_length", None),
         new_tokens=budgets,
         limit_setting=None if limit is None else "the context: local_lm(..., max_model_len=...)",
+        constrained=adapter.constrains(engines.lm),
     )

@@ -93,35 +93,28 @@ def check_before_engines(
     from transformers import AutoTokenizer
 
     from ..adapters import engine_context_length
-    from ..checks import check_labels, check_lengths, check_metric, made_up_outputs
+    from ..checks import check_labels_and_metric, check_lengths
     from ..errors import GreaterError
     from ..forced_extraction import ForcedExtractionAdapter
     from ..models import resolve_model
-    from ..renderers import AdapterRenderer, reasoning_and_answer
+    from ..renderers import reasoning_and_answer
 
     [(_, predictor)] = program.named_predictors()  # the CLI's programs are one ChainOfThought
     signature = predictor.signature
     _, answer = reasoning_and_answer(signature)
-    examples = [example for split in splits.values() for example in split]
+    named = {f"{which} split": split for which, split in splits.items()}
     try:
-        for which, split in splits.items():
-            check_labels(
-                split, f"{which} split", answer, signature.output_fields[answer].annotation
-            )
-        check_metric(metric, examples[0], made_up_outputs(examples[0], signature))
+        check_labels_and_metric(metric, named, signature, answer)
         folder = resolve_model(check_model(settings["model"]))
         context, limit = engine_context_length(
             folder, backend=settings["backend"], max_model_len=settings.get("max_model_len")
         )
         check_lengths(
-            AdapterRenderer(
-                signature,
-                AutoTokenizer.from_pretrained(folder),
-                ForcedExtractionAdapter(instructions=settings["placement"]),
-                demos=list(predictor.demos),
-            ),
-            " ".join(signature.instructions.split()),
-            {f"{which} split": split for which, split in splits.items()},
+            predictor,
+            AutoTokenizer.from_pretrained(folder),
+            ForcedExtractionAdapter(instructions=settings["placement"]),
+            signature.instructions,
+            named,
             context_length=context,
             new_tokens=reasoning_tokens,
             limit_setting="--max-model-len" if limit == "max_model_len" else None,

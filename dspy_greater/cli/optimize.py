@@ -26,7 +26,10 @@ from .spending import Spending
 logger = logging.getLogger(__name__)
 
 
-def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+def settings_of(args: argparse.Namespace) -> tuple[dict[str, Any], GreaterConfig]:
+    """The run's settings (what ``cli.json`` records and a resume compares) and GReaTer's search
+    settings (the budget with ``--search``'s changes; its reasoning tokens are the default
+    ``--max-tokens`` for every optimizer)."""
     data = args.data
     if Path(data).exists():
         data = str(Path(data).resolve())
@@ -54,28 +57,26 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     settings = {"data": data, "seed": 0 if args.seed is None else args.seed}
     settings.update({key: getattr(args, key) for key in keys})
     settings["search"] = dict(args.search)
-    if settings["search"]:
-        if args.optimizer != "greater":
-            raise CliError(f"--search sets GReaTer's search; not --optimizer {args.optimizer}.")
-        try:  # a bad value fails now, not after the engines have loaded
-            GreaterConfig.budget(args.budget, **settings["search"])
-        except ValueError as exc:
-            raise CliError(f"--search: {exc}") from None
+    if settings["search"] and args.optimizer != "greater":
+        raise CliError(f"--search sets GReaTer's search; not --optimizer {args.optimizer}.")
+    try:  # a bad value fails now, not after the engines have loaded
+        search = GreaterConfig.budget(args.budget, **settings["search"])
+    except ValueError as exc:
+        raise CliError(f"--search: {exc}") from None
     if args.max_model_len:  # only where set: runs from before the option resume unchanged
         settings["max_model_len"] = args.max_model_len
     settings["demos"] = settings["demos"] or 0
-    # the budget's reasoning tokens, as GReaTer(auto=...) uses them
-    budget = GreaterConfig.budget(args.budget)
-    settings["max_tokens"] = settings["max_tokens"] or budget.max_reasoning_tokens
+    # the search's reasoning tokens, as GReaTer(auto=...) uses them
+    settings["max_tokens"] = settings["max_tokens"] or search.max_reasoning_tokens
     settings["placement"] = settings["placement"] or DEFAULT_PLACEMENT
     settings["dtype"] = settings["dtype"] or registered_dtype(settings["model"])
     if settings["model"] is not None and settings["model"] not in EMBEDDED_MODELS:
         settings["model"] = str(Path(settings["model"]).resolve())
-    return settings
+    return settings, search
 
 
 def optimize(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings, search = settings_of(args)
     folder: Path = args.run_dir
     task = load_task_or_fail(settings)  # bad data fails before the run folder is touched
     prepare_run_dir(folder, settings, args.resume)
@@ -85,7 +86,6 @@ def optimize(args: argparse.Namespace) -> int:
         return 0
     budgets = {"--max-tokens": settings["max_tokens"]}
     if args.optimizer == "greater":
-        search = GreaterConfig.budget(args.budget, **settings["search"])
         budgets["the search's max_reasoning_tokens"] = search.max_reasoning_tokens
     splits = {"train": task.splits.train, "dev": task.splits.dev}
     check_before_engines(
