@@ -57,3 +57,35 @@ def test_a_probe_inside_two_paired_errors_is_no_room():
     _, gain = room.room_of({r["optimizer"]: r for r in rows})
     assert not room.has_room(gain)
     assert "no room at this budget" in "\n".join(room.room_table(rows))
+
+
+def test_the_screen_ranks_rows_by_the_best_probes_paired_gap():
+    import room_screen
+
+    def probe(task: str, name: str, right: int, n: int = 50) -> dict:
+        scores = [1.0] * right + [0.0] * (n - right)
+        return {
+            "task": task,
+            "probe": name,
+            "n": n,
+            "accuracy": right / n,
+            "majority": 0.5,
+            "scores": scores,
+        }
+
+    rows = [
+        *(probe("flat", p, 20) for p in room_screen.PROBES),
+        probe("roomy", "start", 10),
+        probe("roomy", "dspy-default", 12),
+        probe("roomy", "brief", 25),
+        probe("half", "start", 10),  # its probes have not run
+    ]
+    by_task = {}
+    for r in rows:
+        by_task.setdefault(r["task"], {})[r["probe"]] = r
+    best, gap = room_screen.best_gap(by_task["roomy"])
+    assert best == "brief" and gap.gained == 15 and gap.lost == 0
+    assert room_screen.best_gap(by_task["half"]) is None
+    table = room_screen.summary(rows).splitlines()
+    assert table[2].startswith("| roomy (50)") and table[2].endswith("| yes |")
+    assert table[3].startswith("| flat (50)") and table[3].endswith("| no |")
