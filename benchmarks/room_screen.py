@@ -65,7 +65,7 @@ def score(task: str, probe: str, n: int, lm: Any, threads: int) -> dict[str, Any
     import dspy
 
     from dspy_greater import ForcedExtractionAdapter
-    from dspy_greater.lm import local_reasoner
+    from dspy_greater.lm import cancel_local_calls, local_reasoner
     from dspy_greater.logs import generation_counts, generations_since
     from dspy_greater.stats import majority_class_rate, scores
 
@@ -73,8 +73,13 @@ def score(task: str, probe: str, n: int, lm: Any, threads: int) -> dict[str, Any
     reasoner = local_reasoner(lm)  # it counts the chains cut at the token limit
     since = generation_counts(reasoner)
     started = time.perf_counter()
-    with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
-        each = scores(loaded.program(PROBES[probe]), examples, loaded.metric, num_threads=threads)
+    try:
+        with dspy.context(lm=lm, adapter=ForcedExtractionAdapter()):
+            program = loaded.program(PROBES[probe])
+            each = scores(program, examples, loaded.metric, num_threads=threads)
+    except KeyboardInterrupt:  # DSPy's threads would generate on, and Python wait for them
+        cancel_local_calls()
+        raise
     generated, cut = generations_since(reasoner, since)
     return {
         "task": task,
