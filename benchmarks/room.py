@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a source checkout
+from evidence_guard import start_of
 
-from dspy_greater.stats import PairedChange, paired_change, standard_error
+from dspy_greater.stats import PairedChange, clears, paired_change, standard_error
 
 RESULTS = Path(__file__).parent / "results"
 ROWS = RESULTS / "room_qwen.json"
@@ -50,7 +51,7 @@ def room_of(cells: dict[str, dict[str, Any]]) -> tuple[str, PairedChange] | None
 
 
 def has_room(gain: PairedChange) -> bool:
-    return gain.difference > 0 and gain.difference >= MIN_ROOM_SE * gain.standard_error
+    return clears(gain, MIN_ROOM_SE)
 
 
 def gate(row: dict[str, Any], start: dict[str, Any], room: PairedChange) -> tuple[bool, str]:
@@ -61,7 +62,7 @@ def gate(row: dict[str, Any], start: dict[str, Any], room: PairedChange) -> tupl
     tests = {
         f"share {share:.2f} ≥ {GATE_SHARE:.2f}": share >= GATE_SHARE,
         f"gain {gain.difference:+.3f} ≥ {GATE_SE:g} paired SE ({gain.standard_error:.3f})": (
-            gain.difference >= GATE_SE * gain.standard_error and gain.difference > 0
+            clears(gain, GATE_SE)
         ),
         f"accuracy {row['test']:.3f} ≥ majority {row['majority']:.3f} + 1 SE ({se:.3f})": (
             row["test"] >= row["majority"] + GATE_MAJORITY_SE * se
@@ -139,9 +140,6 @@ def family(optimizer: str) -> str:
 def no_harm(rows: list[dict[str, Any]], side: list[dict[str, Any]], replay: list[dict]) -> str:
     """Each optimizer's worst test change against its start over both tables (each cell
     against its own table's start); GReaTer's with the evidence guard beside it."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from evidence_guard import start_of
-
     blocked = {(c["task"], c["optimizer"]) for c in replay if c["guard_keeps_start"]}
     worst: dict[str, tuple[float, str]] = {}
     guarded = (0.0, "none")

@@ -28,7 +28,7 @@ from common import git_commit
 from optimizers_bbh import BRIEF, DSPY_DEFAULT, TASKS, data_path
 
 from dspy_greater.search import PAPER_PROMPT
-from dspy_greater.stats import PairedChange, paired_change
+from dspy_greater.stats import PairedChange, clears, paired_change
 
 PROBES = {"start": PAPER_PROMPT, "dspy-default": DSPY_DEFAULT, "brief": BRIEF}
 # The BBH tasks of the benchmark data the side-by-side did not use, but for the three free-form
@@ -115,18 +115,20 @@ def summary(rows: list[dict[str, Any]]) -> str:
         "room |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    ranked = []
-    for task, cells in by_task.items():
-        gap = best_gap(cells)
-        ranked.append((gap[1].difference / (gap[1].standard_error or 1e-9) if gap else -99, task))
-    for _, task in sorted(ranked, reverse=True):
-        cells, gap = by_task[task], best_gap(by_task[task])
+    gaps = {task: best_gap(cells) for task, cells in by_task.items()}
+
+    def strength(task: str) -> float:  # the best probe's gain in paired SEs
+        gap = gaps[task]
+        return gap[1].difference / (gap[1].standard_error or 1e-9) if gap else -99
+
+    for task in sorted(by_task, key=strength, reverse=True):
+        cells, gap = by_task[task], gaps[task]
         accs = [f"{cells[p]['accuracy']:.2f}" if p in cells else "—" for p in PROBES]
         first = next(iter(cells.values()))
         if gap:
             best, change = gap
             se = change.standard_error
-            room = "yes" if change.difference > 0 and change.difference >= ROOM_SE * se else "no"
+            room = "yes" if clears(change, ROOM_SE) else "no"
             moved = (
                 f"{best} {change.difference:+.2f} ± {se:.2f} (+{change.gained} / -{change.lost})"
             )
