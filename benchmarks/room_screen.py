@@ -4,9 +4,10 @@ room protocol's train and dev questions (the seeded pool's first 100: never its 
 questions, so a row chosen here is measured on questions the choice did not see).
 
 A row has room where the best probe's paired gain over the start is at least 2 paired standard
-errors. The screen can run in two passes: ``--questions 50`` on every task, then ``--questions
-100`` on those that show at least one paired SE (DSPy's cache serves the first 50 again). One
-engine for all; a (task, probe) row already in ``--out`` at that size is skipped.
+errors. The screen runs in two passes: ``--questions 50`` on every task, then ``--questions
+100 --out benchmarks/results/room_screen_qwen_100.json`` on those that show at least one paired
+SE (its own file: on another machine or in another batch the first 50 are not answered quite
+alike). One engine for all; a (task, probe) row already in ``--out`` at that size is skipped.
 
     python benchmarks/room_screen.py --model qwen2.5-coder-1.5b --dtype bfloat16 \
         [--tasks causal_judgement,...] [--questions 50] [--out FILE]
