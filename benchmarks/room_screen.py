@@ -27,9 +27,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: common.py
 from common import git_commit
 from optimizers_bbh import BRIEF, DSPY_DEFAULT, TASKS, data_path
+from room import has_room
 
 from dspy_greater.search import PAPER_PROMPT
-from dspy_greater.stats import PairedChange, clears, paired_change
+from dspy_greater.stats import PairedChange, paired_change
 
 PROBES = {"start": PAPER_PROMPT, "dspy-default": DSPY_DEFAULT, "brief": BRIEF}
 # The BBH tasks of the benchmark data the side-by-side did not use, but for the three free-form
@@ -50,7 +51,6 @@ SCREENED = (
     "tracking_shuffled_objects_seven_objects",
 )
 assert not set(SCREENED) & set(TASKS)
-ROOM_SE = 2.0
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -129,7 +129,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
         if gap:
             best, change = gap
             se = change.standard_error
-            room = "yes" if clears(change, ROOM_SE) else "no"
+            room = "yes" if has_room(change) else "no"
             moved = (
                 f"{best} {change.difference:+.2f} ± {se:.2f} (+{change.gained} / -{change.lost})"
             )
